@@ -1,0 +1,18 @@
+"""Task and queue names: the wire contract between producers and workers."""
+
+from typing import Final
+
+#: The task a producer sends; kwargs are ``{"request": <GenerationRequest as JSON>}``.
+GENERATE_TASK: Final = "imagegen.generate"
+SUBMIT_TASK: Final = "imagegen.submit"
+POLL_TASK: Final = "imagegen.poll"
+SWEEP_TASK: Final = "imagegen.sweep"
+
+#: New requests land here; a backlog of them never delays polls of running jobs.
+REQUESTS_QUEUE: Final = "imagegen.requests"
+#: Submits and polls of admitted jobs.
+UPSTREAM_QUEUE: Final = "imagegen.upstream"
+#: Periodic maintenance (the sweeper).
+MAINTENANCE_QUEUE: Final = "imagegen.maintenance"
+
+ALL_QUEUES: Final = (REQUESTS_QUEUE, UPSTREAM_QUEUE, MAINTENANCE_QUEUE)

@@ -1,0 +1,75 @@
+"""Enqueue generation requests by task name, without importing the worker.
+
+Needs the ``producer`` extra (``pip install 'imagegen-api-schema[producer]'``)::
+
+    from api_schema.producer import enqueue
+    job_id = enqueue({"prompt": "...", "subject_reference_images": ["https://..."]},
+                     broker_url="redis://localhost:6379/0")
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Final
+
+from .models import GenerationRequest
+from .names import GENERATE_TASK, REQUESTS_QUEUE
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+#: Namespace of job ids derived from idempotency keys (uuid5), so a retried enqueue of the
+#: same request carries the same job id.
+IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("5b0c7f3e-6a47-4a53-9a5e-3f1f2f0a7c11")
+
+
+def job_id_for(request: GenerationRequest) -> str:
+    """The job id a request gets: derived from its idempotency key, else random."""
+    if request.idempotency_key is not None:
+        return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, request.idempotency_key))
+    return str(uuid.uuid4())
+
+
+@lru_cache(maxsize=8)
+def producer_app(broker_url: str) -> Celery:
+    """A minimal Celery app that only publishes, JSON only."""
+    from celery import Celery
+
+    app = Celery("imagegen-producer", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+def enqueue(
+    request: GenerationRequest | Mapping[str, Any],
+    *,
+    broker_url: str | None = None,
+    app: Celery | None = None,
+    job_id: str | None = None,
+) -> str:
+    """Validate ``request``, send it as ``imagegen.generate`` and return its job id.
+
+    Raises ``pydantic.ValidationError`` (nothing is sent) when the request is invalid.
+    """
+    if not isinstance(request, GenerationRequest):
+        request = GenerationRequest.model_validate(dict(request))
+    if app is None:
+        if broker_url is None:
+            raise ValueError("enqueue needs broker_url or app")
+        app = producer_app(broker_url)
+    job_id = job_id or job_id_for(request)
+    app.send_task(
+        GENERATE_TASK,
+        kwargs={"request": request.model_dump(mode="json", exclude_none=True)},
+        task_id=job_id,
+        queue=REQUESTS_QUEUE,
+    )
+    return job_id

@@ -1,0 +1,84 @@
+"""Test-control endpoints under /_sim: health, stats, tasks, config and reset."""
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from simulator.api import Simulator
+from simulator.envelope import ApiError, dumps, error_body, invalid
+from simulator.images import ImageCache
+from simulator.state import Store
+
+
+class Admin:
+    """Handlers that inspect and steer a running Simulator; no auth, never part of the API."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    async def health(self, request: Request) -> Response:
+        """GET /_sim/health."""
+        return _json({"ok": True})
+
+    async def stats(self, request: Request) -> Response:
+        """GET /_sim/stats."""
+        return _json(self.sim.store.stats_dict(self.sim.clock()))
+
+    async def tasks(self, request: Request) -> Response:
+        """GET /_sim/tasks[?team=...]: every task still held, oldest first."""
+        sim = self.sim
+        now = sim.clock()
+        ttl = sim.config.result_ttl_seconds
+        team = request.query_params.get("team")
+        rows = [
+            {
+                "task_id": task.task_id,
+                "team": task.team,
+                "prompt": task.params.prompt,
+                "n": task.params.n,
+                "status": "expired" if now >= task.ends_at + ttl else task.status(now),
+                "created_at": task.created_at,
+                "ends_at": task.ends_at,
+            }
+            for task in sim.store.tasks.values()
+            if team is None or task.team == team
+        ]
+        return _json(rows)
+
+    async def get_config(self, request: Request) -> Response:
+        """GET /_sim/config."""
+        return _json(self.sim.config.public_dict())
+
+    async def set_config(self, request: Request) -> Response:
+        """POST /_sim/config: partial update of scalar fields and faults, applied live."""
+        try:
+            changes: Any = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return _error(invalid("body must be a JSON object"))
+        if not isinstance(changes, dict):
+            return _error(invalid("body must be a JSON object"))
+        try:
+            self.sim.config.update(changes)
+        except ValueError as exc:
+            return _error(invalid(str(exc)))
+        nested = changes.get("faults")
+        if "seed" in changes or (isinstance(nested, dict) and "seed" in nested):
+            self.sim.reseed()
+        return _json(self.sim.config.public_dict())
+
+    async def reset(self, request: Request) -> Response:
+        """POST /_sim/reset: forget tasks, quotas, stats and cached images; keep the config."""
+        self.sim.store = Store()
+        self.sim.images = ImageCache()
+        self.sim.reseed()
+        return _json({"ok": True})
+
+
+def _json(data: Any) -> Response:
+    return Response(dumps(data), media_type="application/json")
+
+
+def _error(err: ApiError) -> Response:
+    return Response(error_body(err), err.status, media_type="application/json")

@@ -1,0 +1,5 @@
+"""``python -m worker`` is the ``imagegen`` command."""
+
+from .cli import main
+
+main()

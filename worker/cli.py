@@ -1,0 +1,320 @@
+"""The ``imagegen`` command: run the services, submit and inspect jobs, run the demo."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from api_schema import AspectRatio, GenerationRequest, JobStatus, describe_validation_error
+
+from .config import Settings, get_settings
+
+app = typer.Typer(
+    help="Run paid Modellix image-01-live generations through Celery workers.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        err.print(f"[red]bad configuration:[/] {describe_validation_error(exc)}")
+        raise typer.Exit(2) from None
+
+
+def _require_key(settings: Settings) -> None:
+    key = settings.modellix_api_key
+    if key is None or not key.get_secret_value().strip():
+        err.print(
+            "[red]MODELLIX_API_KEY is not set.[/] Set it (and MODELLIX_BASE_URL for the "
+            "simulator, e.g. http://127.0.0.1:8900)."
+        )
+        raise typer.Exit(2)
+
+
+def _check_database(settings: Settings) -> None:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from . import jobs
+    from .db import session_scope
+
+    try:
+        with session_scope() as session:
+            jobs.ping(session)
+    except (OperationalError, ProgrammingError) as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        err.print(f"[red]database not ready[/] ({reason}); run `imagegen db upgrade` first")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
+    pool: Annotated[str, typer.Option(help="threads (default), prefork, solo.")] = "threads",
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues.")] = None,
+    hostname: Annotated[str | None, typer.Option(help="Node name, e.g. w1@%h.")] = None,
+    beat: Annotated[
+        bool, typer.Option(help="Also run the sweeper schedule (one per site).")
+    ] = False,
+    loglevel: str = "info",
+) -> None:
+    """Run a Celery worker consuming every imagegen queue."""
+    settings = _settings()
+    _require_key(settings)
+    _check_database(settings)
+    from api_schema import ALL_QUEUES
+
+    from .celery_app import app as celery_app
+
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--pool={pool}",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--queues={queues or ','.join(ALL_QUEUES)}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    if beat:
+        argv += ["--beat", f"--schedule={_beat_schedule_file()}"]
+    celery_app.worker_main(argv)
+
+
+def _beat_schedule_file() -> str:
+    directory = Path(os.environ.get("IMAGEGEN_STATE_DIR", Path.cwd() / ".imagegen"))
+    directory.mkdir(parents=True, exist_ok=True)
+    return str(directory / "celerybeat-schedule")
+
+
+@app.command()
+def beat(loglevel: str = "info") -> None:
+    """Run the periodic sweeper (run exactly one per site)."""
+    settings = _settings()
+    _require_key(settings)
+    from .celery_app import app as celery_app
+
+    celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={_beat_schedule_file()}"])
+
+
+@app.command()
+def flower(
+    port: Annotated[int | None, typer.Option(help="Port (IMAGEGEN_FLOWER_PORT).")] = None,
+    address: str = "127.0.0.1",
+) -> None:
+    """Run Flower, behind basic auth from IMAGEGEN_FLOWER_BASIC_AUTH (user:password)."""
+    settings = _settings()
+    auth = settings.flower_basic_auth
+    if auth is None or ":" not in auth.get_secret_value():
+        err.print("[red]IMAGEGEN_FLOWER_BASIC_AUTH must be set to user:password[/]")
+        raise typer.Exit(2)
+    # Through the environment, not argv, so the password does not show in `ps`.
+    os.environ["FLOWER_BASIC_AUTH"] = auth.get_secret_value()
+    os.environ.setdefault("FLOWER_PURGE_OFFLINE_WORKERS", "60")
+    from .celery_app import app as celery_app
+
+    celery_app.start(["flower", f"--port={port or settings.flower_port}", f"--address={address}"])
+
+
+@app.command()
+def simulator(
+    host: str = "127.0.0.1",
+    port: int = 8900,
+    concurrency: Annotated[int | None, typer.Option(help="Team concurrency (0 = none).")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute (0 = none).")] = None,
+    pending: Annotated[float | None, typer.Option(help="Seconds a task stays pending.")] = None,
+    processing: Annotated[float | None, typer.Option(help="Seconds it then processes.")] = None,
+    public_url: Annotated[str | None, typer.Option(help="Base URL clients reach it at.")] = None,
+) -> None:
+    """Run the Modellix simulator (settings from SIM_* variables, overridden by options)."""
+    from simulator.config import SimConfig
+    from simulator.server import serve
+
+    config = SimConfig.from_env()
+    for field, value in (
+        ("concurrency_limit", concurrency),
+        ("rpm_limit", rpm),
+        ("pending_seconds", pending),
+        ("processing_seconds", processing),
+    ):
+        if value is not None:
+            setattr(config, field, value)
+    if public_url is not None:
+        config.public_base_url = public_url
+    elif "SIM_PUBLIC_BASE_URL" not in os.environ:
+        config.public_base_url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    err.print(
+        f"simulator on http://{host}:{port} (concurrency {config.concurrency_limit or 'none'}, "
+        f"rpm {config.rpm_limit or 'none'})"
+    )
+    serve(config, host=host, port=port)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Create the database if it is missing, then migrate it."""
+    from sqlalchemy.engine import make_url
+
+    from .dbadmin import upgrade
+
+    settings = _settings()
+    created = upgrade(settings.database_url, revision)
+    name = make_url(settings.database_url).database
+    out.print(f"database {name}: {'created and ' if created else ''}migrated to {revision}")
+
+
+def _image_argument(value: str) -> str:
+    if value.startswith(("https://", "data:")):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise typer.BadParameter(f"{value}: not an https URL and no such file")
+    data = path.read_bytes()
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        kind = "png"
+    elif data.startswith(b"\xff\xd8\xff"):
+        kind = "jpeg"
+    else:
+        raise typer.BadParameter(f"{value}: only JPEG and PNG images are accepted")
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
+
+
+@app.command()
+def submit(
+    prompt: Annotated[str, typer.Argument(help="What to make of the portrait.")],
+    images: Annotated[list[str], typer.Argument(help="Reference image files or https URLs.")],
+    n: Annotated[int, typer.Option(help="Images to generate, 1..9.")] = 1,
+    aspect_ratio: Annotated[AspectRatio | None, typer.Option(help="Output aspect ratio.")] = None,
+    width: Annotated[
+        int | None, typer.Option(help="512..2048, divisible by 8; with --height.")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option(help="512..2048, divisible by 8; with --width.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Same seed and parameters, same images.")] = None,
+    prompt_optimizer: Annotated[
+        bool, typer.Option(help="Let the upstream rewrite the prompt.")
+    ] = False,
+    priority: Annotated[int, typer.Option(help="0..9, higher first.")] = 5,
+    deadline: Annotated[int | None, typer.Option(help="Seconds before the job gives up.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Same key, same job.")] = None,
+    metadata: Annotated[
+        str | None, typer.Option(help="A JSON object returned with the job.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 600.0,
+) -> None:
+    """Validate and enqueue one generation; print its job id."""
+    from api_schema.producer import enqueue
+
+    settings = _settings()
+    raw: dict[str, Any] = {
+        "prompt": prompt,
+        "subject_reference_images": [_image_argument(i) for i in images],
+        "n": n,
+        "prompt_optimizer": prompt_optimizer,
+        "priority": priority,
+    }
+    optional = {
+        "aspect_ratio": aspect_ratio.value if aspect_ratio else None,
+        "width": width,
+        "height": height,
+        "seed": seed,
+        "deadline_seconds": deadline,
+        "idempotency_key": idempotency_key,
+    }
+    raw.update({k: v for k, v in optional.items() if v is not None})
+    if metadata is not None:
+        try:
+            raw["metadata"] = json.loads(metadata)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"--metadata is not JSON: {exc}") from None
+    try:
+        request = GenerationRequest.model_validate(raw)
+    except ValidationError as exc:
+        err.print(f"[red]invalid request:[/] {describe_validation_error(exc)}")
+        raise typer.Exit(2) from None
+    job_id = enqueue(request, broker_url=settings.broker_url)
+    out.print(job_id)
+    if wait:
+        _wait_and_report([job_id], timeout)
+
+
+def _wait_and_report(job_ids: list[str], timeout: float) -> None:
+    from .progress import summary_table, watch
+
+    views = watch(job_ids, timeout=timeout, console=err)
+    out.print(summary_table(views))
+    if not all(v is not None and v.status is JobStatus.SUCCEEDED for v in views.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JobView as JSON.")] = False,
+) -> None:
+    """Show one job."""
+    from . import jobs
+    from .db import session_scope
+    from .progress import summary_table
+
+    _settings()
+    with session_scope() as session:
+        job = jobs.view(session, job_id)
+    if job is None:
+        err.print(f"no job {job_id}")
+        raise typer.Exit(1)
+    if as_json:
+        sys.stdout.write(job.model_dump_json(indent=2) + "\n")
+    else:
+        out.print(summary_table({job_id: job}))
+
+
+@app.command()
+def cancel(job_id: str) -> None:
+    """Cancel a queued job, or stop polling one already submitted (the upstream has no cancel)."""
+    from . import jobs
+    from .db import session_scope
+
+    _settings()
+    with session_scope() as session:
+        done, now = jobs.cancel(session, job_id)
+    if now is None:
+        err.print(f"no job {job_id}")
+        raise typer.Exit(1)
+    if not done:
+        err.print(f"job {job_id} is {now.value}; nothing to cancel")
+        raise typer.Exit(1)
+    out.print(f"job {job_id} cancelled")
+
+
+@app.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 180.0,
+    output: Annotated[Path, typer.Option(help="Where images are written.")] = Path("demo-output"),
+) -> None:
+    """Run the whole pipeline once: simulator (unless MODELLIX_API_KEY is set), worker, Flower."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(timeout=timeout, output=output, console=out))
+
+
+def main() -> None:
+    """Entry point of the ``imagegen`` script."""
+    app()

@@ -1,0 +1,88 @@
+"""Settings, read from the environment: prefix ``IMAGEGEN_``, ``MODELLIX_*`` for the upstream."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The model's submit path as Modellix documents it (the official CLI drops ``/async``).
+SUBMIT_PATH = "/api/v1/minimax/minimax-image-01-live-i2i/async"
+TASK_PATH = "/api/v1/tasks/{task_id}"
+
+
+class Settings(BaseSettings):
+    """Everything a worker, beat, Flower or the CLI needs to know."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/imagegen"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str | None = Field(
+        default=None, description="Redis for the shared rate limiter; the broker's when unset."
+    )
+
+    modellix_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MODELLIX_API_KEY", "IMAGEGEN_MODELLIX_API_KEY")
+    )
+    modellix_base_url: str = Field(
+        default="https://api.modellix.ai",
+        validation_alias=AliasChoices("MODELLIX_BASE_URL", "IMAGEGEN_MODELLIX_BASE_URL"),
+    )
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    upstream_concurrency: int = Field(default=3, ge=1, le=1000)
+    upstream_rpm: int = Field(default=100, ge=0, description="0 disables the shared limiter.")
+
+    poll_initial_seconds: float = Field(
+        default=3.0, gt=0, description="First poll after submit: about the usual task duration."
+    )
+    poll_interval_seconds: float = Field(default=1.0, gt=0, description="Second poll's delay.")
+    poll_backoff: float = Field(default=1.5, ge=1.0)
+    poll_max_interval_seconds: float = Field(default=10.0, gt=0)
+    poll_jitter: float = Field(default=0.2, ge=0, le=1)
+    retry_max_interval_seconds: float = Field(default=30.0, gt=0)
+    default_deadline_seconds: int = Field(default=900, ge=1)
+
+    resubmit_unknown: bool = False
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    stale_after_seconds: float = Field(
+        default=60.0, gt=0, description="How late a job's next step may be before the sweeper acts."
+    )
+    # Redis re-delivers an unacked message only after this; every countdown stays far below it.
+    visibility_timeout_seconds: int = Field(default=3600, ge=60)
+
+    storage_dir: Path | None = Field(
+        default=None, description="Where result images are copied; unset keeps upstream URLs only."
+    )
+    worker_concurrency: int = Field(default=8, ge=1)
+    flower_basic_auth: SecretStr | None = None
+    flower_port: int = 5555
+
+    @model_validator(mode="after")
+    def _countdowns_below_visibility(self) -> Self:
+        longest = max(
+            self.poll_max_interval_seconds,
+            self.retry_max_interval_seconds,
+            self.poll_initial_seconds,
+        )
+        if longest * 4 > self.visibility_timeout_seconds:
+            raise ValueError(
+                "poll/retry intervals must stay below a quarter of visibility_timeout_seconds"
+            )
+        return self
+
+    @property
+    def limiter_redis_url(self) -> str:
+        """Redis URL of the shared limiter."""
+        return self.redis_url or self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

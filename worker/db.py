@@ -1,0 +1,50 @@
+"""Engine and sessions: one engine per process, created on first use after a fork."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import get_settings
+
+_engine: tuple[int, Engine, sessionmaker[Session]] | None = None
+
+
+def _state() -> tuple[Engine, sessionmaker[Session]]:
+    global _engine
+    # A prefork child must not reuse the parent's sockets: rebuild when the pid changed.
+    if _engine is None or _engine[0] != os.getpid():
+        engine = create_engine(
+            get_settings().database_url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=10,
+            pool_recycle=1800,
+        )
+        _engine = (os.getpid(), engine, sessionmaker(engine, expire_on_commit=False))
+    return _engine[1], _engine[2]
+
+
+def get_engine() -> Engine:
+    """This process's engine."""
+    return _state()[0]
+
+
+def reset_engine() -> None:
+    """Forget this process's engine (after fork, or when settings change in tests)."""
+    global _engine
+    if _engine is not None and _engine[0] == os.getpid():
+        _engine[1].dispose()
+    _engine = None
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error."""
+    factory = _state()[1]
+    with factory() as session, session.begin():
+        yield session

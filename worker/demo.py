@@ -1,0 +1,242 @@
+"""``imagegen demo``: the whole pipeline once, end to end, on this machine."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import secrets
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+
+from api_schema import GENERATE_TASK, REQUESTS_QUEUE, ErrorCode, JobStatus, JobView
+
+from .procs import StartupError, Supervisor, free_port, imagegen_argv
+
+
+def portrait_png(size: int = 512) -> bytes:
+    """A simple drawn portrait, so the demo needs no file of its own."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (70, 110, 160))
+    draw = ImageDraw.Draw(image)
+    s = size / 512
+    draw.rectangle([0, int(380 * s), size, size], fill=(40, 50, 80))
+    draw.ellipse([int(96 * s), int(330 * s), int(416 * s), int(620 * s)], fill=(200, 80, 60))
+    draw.ellipse([int(156 * s), int(90 * s), int(356 * s), int(330 * s)], fill=(236, 196, 160))
+    draw.pieslice(
+        [int(146 * s), int(70 * s), int(366 * s), int(250 * s)], 180, 360, fill=(60, 40, 30)
+    )
+    for x in (206, 306):
+        draw.ellipse(
+            [int((x - 14) * s), int(190 * s), int((x + 14) * s), int(212 * s)], fill="white"
+        )
+        draw.ellipse(
+            [int((x - 6) * s), int(194 * s), int((x + 6) * s), int(208 * s)], fill=(40, 30, 20)
+        )
+    draw.arc(
+        [int(216 * s), int(240 * s), int(296 * s), int(290 * s)],
+        20,
+        160,
+        fill=(150, 60, 60),
+        width=4,
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def demo_requests(portrait: str) -> list[tuple[str, dict[str, Any], bool]]:
+    """(label, request, expected to succeed) for each demo job."""
+    return [
+        (
+            "cyberpunk x3",
+            {
+                "prompt": "Cyberpunk style portrait, neon rim light",
+                "subject_reference_images": [portrait],
+                "n": 3,
+                "aspect_ratio": "3:4",
+                "seed": 7,
+                "metadata": {"demo": True},
+            },
+            True,
+        ),
+        (
+            "watercolor",
+            {
+                "prompt": "Soft watercolor portrait",
+                "subject_reference_images": [portrait],
+                "width": 768,
+                "height": 768,
+                "priority": 9,
+            },
+            True,
+        ),
+        (
+            "oil painting (https ref)",
+            {
+                "prompt": "Oil painting, Rembrandt lighting",
+                "subject_reference_images": ["https://example.com/reference.jpg"],
+                "aspect_ratio": "16:9",
+            },
+            True,
+        ),
+        (
+            "invalid: 11 images",
+            {"prompt": "too many references", "subject_reference_images": [portrait] * 11},
+            False,
+        ),
+    ]
+
+
+def run_demo(*, timeout: float, output: Path, console: Console) -> int:
+    """Start what is needed, run the demo jobs, report, stop everything; the exit code."""
+    real = bool(os.environ.get("MODELLIX_API_KEY", "").strip())
+    output = output.resolve()
+    shutil.rmtree(output / "logs", ignore_errors=True)
+    sim_port, flower_port = free_port(), free_port()
+    env: dict[str, str] = {
+        "IMAGEGEN_STORAGE_DIR": os.environ.get("IMAGEGEN_STORAGE_DIR", str(output / "images")),
+        "IMAGEGEN_STATE_DIR": str(output / "state"),
+        "IMAGEGEN_POLL_INITIAL_SECONDS": os.environ.get("IMAGEGEN_POLL_INITIAL_SECONDS", "2"),
+        "IMAGEGEN_POLL_INTERVAL_SECONDS": os.environ.get("IMAGEGEN_POLL_INTERVAL_SECONDS", "0.5"),
+    }
+    if not real:
+        env |= {
+            "MODELLIX_BASE_URL": f"http://127.0.0.1:{sim_port}",
+            "MODELLIX_API_KEY": "sim-demo-key",
+        }
+    flower_auth = (
+        os.environ.get("IMAGEGEN_FLOWER_BASIC_AUTH") or f"demo:{secrets.token_urlsafe(12)}"
+    )
+    env["IMAGEGEN_FLOWER_BASIC_AUTH"] = flower_auth
+    os.environ.update(env)
+    _reload_settings()
+    settings = _settings()
+
+    upstream = "the real Modellix API (MODELLIX_API_KEY is set)" if real else "the simulator"
+    console.print(
+        Panel.fit(
+            f"upstream: {upstream}\n"
+            f"database: {settings.database_url.rsplit('@', 1)[-1]}\n"
+            f"broker:   {settings.broker_url.rsplit('@', 1)[-1]}\n"
+            f"images:   {settings.storage_dir}",
+            title="imagegen demo",
+        )
+    )
+    from .dbadmin import upgrade
+
+    console.print("[bold]1/4[/] migrating the database")
+    upgrade(settings.database_url)
+
+    with Supervisor(output / "logs") as sup:
+        try:
+            console.print("[bold]2/4[/] starting services")
+            if not real:
+                sim = sup.start(
+                    "simulator",
+                    imagegen_argv(
+                        "simulator", "--port", str(sim_port), "--pending", "1", "--processing", "3"
+                    ),
+                )
+                sup.wait_http(sim, f"http://127.0.0.1:{sim_port}/_sim/health")
+                console.print(f"  simulator  http://127.0.0.1:{sim_port}")
+            worker = sup.start(
+                "worker",
+                imagegen_argv("worker", "--beat", "--hostname", f"demo-{uuid.uuid4().hex[:6]}@%h"),
+            )
+            sup.wait_until(worker, _worker_answers, timeout=60, what="answering pings")
+            console.print("  worker     ready (threads pool, with the sweeper schedule)")
+            flower = sup.start("flower", imagegen_argv("flower", "--port", str(flower_port)))
+            user, password = flower_auth.split(":", 1)
+            sup.wait_http(
+                flower, f"http://127.0.0.1:{flower_port}/api/workers", auth=(user, password)
+            )
+            console.print(f"  flower     http://127.0.0.1:{flower_port}")
+        except StartupError as exc:
+            console.print(f"[red]could not start:[/] {exc}")
+            return 1
+
+        console.print("[bold]3/4[/] enqueuing jobs by task name (as another backend would)")
+        portrait = "data:image/png;base64," + base64.b64encode(portrait_png()).decode()
+        labels: dict[str, str] = {}
+        expected: dict[str, bool] = {}
+        for label, request, ok in demo_requests(portrait):
+            job_id = _send(settings.broker_url, request)
+            labels[job_id], expected[job_id] = label, ok
+            console.print(f"  {job_id}  {label}")
+
+        console.print("[bold]4/4[/] waiting for the jobs")
+        from .progress import summary_table, watch
+
+        views = watch(list(labels), labels=list(labels.values()), timeout=timeout, console=console)
+        console.print(summary_table(views, labels))
+        failures = _check(views, expected)
+        images = [i.stored_path for v in views.values() if v for i in v.images if i.stored_path]
+        if images:
+            console.print("[bold]images written:[/]")
+            for path in images:
+                console.print(f"  {path}")
+        flower_url = f"http://127.0.0.1:{flower_port}"
+        console.print(f"Flower was at {flower_url} (user {user!r}); logs in {output / 'logs'}")
+        if failures:
+            for line in failures:
+                console.print(f"[red]unexpected:[/] {line}")
+            console.print(f"[dim]worker log tail:[/]\n{worker.log_tail(40)}")
+            return 1
+        console.print("[green]demo finished: every job ended as expected[/]")
+        return 0
+
+
+def _send(broker_url: str, request: dict[str, Any]) -> str:
+    # Sent raw (not through api_schema.producer.enqueue, which would refuse the invalid one)
+    # so the demo shows the worker itself rejecting bad input.
+    from api_schema.producer import producer_app
+
+    job_id = str(uuid.uuid4())
+    producer_app(broker_url).send_task(
+        GENERATE_TASK, kwargs={"request": request}, task_id=job_id, queue=REQUESTS_QUEUE
+    )
+    return job_id
+
+
+def _check(views: dict[str, JobView | None], expected: dict[str, bool]) -> list[str]:
+    problems = []
+    for job_id, ok in expected.items():
+        job = views.get(job_id)
+        if job is None:
+            problems.append(f"{job_id} was never recorded")
+        elif ok and job.status is not JobStatus.SUCCEEDED:
+            problems.append(f"{job_id} ended {job.status.value}: {job.error_message}")
+        elif ok and any(
+            i.stored_path is None or not Path(i.stored_path).is_file() for i in job.images
+        ):
+            problems.append(f"{job_id} has images that were not written")
+        elif not ok and job.error_code is not ErrorCode.INVALID_REQUEST:
+            problems.append(f"{job_id} should have failed invalid_request, is {job.status.value}")
+    return problems
+
+
+def _worker_answers() -> bool:
+    from .celery_app import app
+
+    return bool(app.control.ping(timeout=0.5))
+
+
+def _reload_settings() -> None:
+    from .config import get_settings
+    from .db import reset_engine
+
+    get_settings.cache_clear()
+    reset_engine()
+
+
+def _settings() -> Any:
+    from .config import get_settings
+
+    return get_settings()

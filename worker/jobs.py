@@ -1,0 +1,529 @@
+"""The job state machine: legal transitions, admission claims and queries. No Celery, no HTTP.
+
+Every status change is one conditional ``UPDATE ... WHERE id = :id AND status IN (:expected)``
+plus a ``job_events`` row in the same transaction, so two workers racing on one job (a
+redelivered message, a sweeper re-publish) cannot both win: the loser changes nothing.
+All timestamps come from the database clock, so hosts with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final
+
+from pydantic import ValidationError
+from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from api_schema import (
+    ErrorCode,
+    GenerationRequest,
+    ImageView,
+    JobStatus,
+    JobView,
+    describe_validation_error,
+)
+
+from .models import Job, JobAlias, JobEvent, JobImage
+
+S = JobStatus
+#: Legal transitions, as data. Anything else is refused.
+TRANSITIONS: Final[Mapping[JobStatus, frozenset[JobStatus]]] = {
+    S.QUEUED: frozenset({S.SUBMITTING, S.FAILED, S.CANCELLED}),
+    # back to QUEUED only when the upstream definitely did not accept the POST (e.g. a 429)
+    S.SUBMITTING: frozenset({S.PENDING, S.QUEUED, S.FAILED, S.CANCELLED}),
+    S.PENDING: frozenset({S.PROCESSING, S.SUCCEEDED, S.FAILED, S.CANCELLED}),
+    S.PROCESSING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+LIVE: Final = (S.QUEUED, S.SUBMITTING, S.PENDING, S.PROCESSING)
+#: Jobs that hold one of the team's upstream concurrency slots.
+HOLDING_SLOT: Final = (S.SUBMITTING, S.PENDING, S.PROCESSING)
+POLLED: Final = (S.PENDING, S.PROCESSING)
+# One advisory lock serialises admission across every worker process and host.
+ADMISSION_LOCK_KEY: Final = 0x1A6E6E01
+MAX_ERROR_MESSAGE: Final = 2000
+
+
+class IllegalTransitionError(ValueError):
+    """A transition the state machine does not allow."""
+
+
+def _after(seconds: float) -> ColumnElement[datetime]:
+    return func.now() + timedelta(seconds=seconds)
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    to: JobStatus,
+    *,
+    expected: Iterable[JobStatus] | None = None,
+    detail: str | None = None,
+    **values: Any,
+) -> JobStatus | None:
+    """Move ``job_id`` to ``to`` if it is in one of ``expected``; return the status it left.
+
+    ``expected`` defaults to every status from which ``to`` is legal. Returns None (and
+    changes nothing) when the job is not in one of them: someone else moved it first.
+    """
+    sources = [s for s in TRANSITIONS if to in TRANSITIONS[s]] if expected is None else [*expected]
+    illegal = [s for s in sources if to not in TRANSITIONS[s]]
+    if illegal or not sources:
+        raise IllegalTransitionError(f"{illegal or sources} -> {to}")
+    if to in (S.SUCCEEDED, S.FAILED, S.CANCELLED):
+        values.setdefault("finished_at", func.now())
+        values.setdefault("next_check_at", None)
+    old = select(Job.id, Job.status.label("old")).where(Job.id == job_id).with_for_update()
+    old_sq = old.subquery()
+    row = session.execute(
+        update(Job)
+        .where(Job.id == old_sq.c.id, Job.status.in_([s.value for s in sources]))
+        .values(status=to.value, updated_at=func.now(), **values)
+        .returning(old_sq.c.old)
+    ).first()
+    if row is None:
+        return None
+    session.add(JobEvent(job_id=job_id, from_status=row.old, to_status=to.value, detail=detail))
+    return JobStatus(row.old)
+
+
+def fail(
+    session: Session,
+    job_id: str,
+    code: ErrorCode,
+    message: str,
+    *,
+    expected: Iterable[JobStatus] | None = None,
+) -> bool:
+    """End a live job as failed with ``code``; False when it was no longer in ``expected``."""
+    to = S.CANCELLED if code is ErrorCode.CANCELLED else S.FAILED
+    message = message[:MAX_ERROR_MESSAGE]
+    left = transition(
+        session,
+        job_id,
+        to,
+        expected=expected,
+        detail=f"{code.value}: {message}",
+        error_code=code.value,
+        error_message=message,
+    )
+    return left is not None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What became of an ``imagegen.generate`` message."""
+
+    job_id: str  # the job the message's id now stands for (an earlier one for a reused key)
+    status: JobStatus
+    created: bool  # False for a redelivery or a reused idempotency key
+
+
+def accept(
+    session: Session, message_id: str, raw: object, *, default_deadline_seconds: int
+) -> Accepted:
+    """Validate one request and record it as a queued job, or as a failed one if invalid.
+
+    A redelivered message (same id) and a reused idempotency key both return the existing
+    job and create nothing new.
+    """
+    existing = resolve(session, message_id)
+    if existing is not None:
+        return Accepted(existing.id, JobStatus(existing.status), created=False)
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError(type(raw).__name__)
+        request = GenerationRequest.model_validate(raw)
+    except ValidationError as exc:
+        return record_invalid(session, message_id, describe_validation_error(exc))
+    except TypeError as exc:
+        message = f"request: must be a JSON object, got {exc}"
+        return record_invalid(session, message_id, message)
+    deadline = request.deadline_seconds or default_deadline_seconds
+    inserted = session.execute(
+        insert(Job)
+        .values(
+            id=message_id,
+            status=S.QUEUED.value,
+            priority=request.priority,
+            request=request.model_dump(mode="json", exclude_none=True),
+            idempotency_key=request.idempotency_key,
+            metadata_=request.metadata,
+            deadline_at=_after(deadline),
+            next_check_at=func.now(),
+        )
+        .on_conflict_do_nothing()
+        .returning(Job.id)
+    ).first()
+    if inserted is not None:
+        session.add(JobEvent(job_id=message_id, from_status=None, to_status=S.QUEUED.value))
+        return Accepted(message_id, S.QUEUED, created=True)
+    # Lost a race: either the same message ran twice at once, or the key is taken.
+    existing = resolve(session, message_id)
+    if existing is None and request.idempotency_key is not None:
+        existing = session.scalars(
+            select(Job).where(Job.idempotency_key == request.idempotency_key)
+        ).first()
+        if existing is not None:
+            session.execute(
+                insert(JobAlias)
+                .values(alias_id=message_id, job_id=existing.id)
+                .on_conflict_do_nothing()
+            )
+    if existing is None:
+        raise RuntimeError(f"job {message_id} conflicted but cannot be found")
+    return Accepted(existing.id, JobStatus(existing.status), created=False)
+
+
+def record_invalid(session: Session, job_id: str, message: str) -> Accepted:
+    message = message[:MAX_ERROR_MESSAGE]
+    inserted = session.execute(
+        insert(Job)
+        .values(
+            id=job_id,
+            status=S.FAILED.value,
+            request=None,
+            deadline_at=func.now(),
+            finished_at=func.now(),
+            error_code=ErrorCode.INVALID_REQUEST.value,
+            error_message=message,
+        )
+        .on_conflict_do_nothing()
+        .returning(Job.id)
+    ).first()
+    if inserted is not None:
+        detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
+        session.add(
+            JobEvent(job_id=job_id, from_status=None, to_status=S.FAILED.value, detail=detail)
+        )
+    return Accepted(job_id, S.FAILED, created=inserted is not None)
+
+
+def resolve(session: Session, job_id: str) -> Job | None:
+    """The job ``job_id`` names, following an idempotency alias."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        return job
+    alias = session.get(JobAlias, job_id)
+    return session.get(Job, alias.job_id) if alias is not None else None
+
+
+def claim_for_submit(session: Session, limit: int) -> list[str]:
+    """Admit queued jobs into free upstream slots; return their ids (now ``submitting``).
+
+    Serialised by a transaction-level advisory lock, so the count of slot holders and the
+    claim are one atomic step across every worker. Most urgent first, then oldest.
+    """
+    session.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY)))
+    holding = session.scalar(
+        select(func.count()).select_from(Job).where(Job.status.in_([s.value for s in HOLDING_SLOT]))
+    )
+    free = limit - int(holding or 0)
+    if free <= 0:
+        return []
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == S.QUEUED.value, Job.deadline_at > func.now())
+            .order_by(Job.priority.desc(), Job.created_at, Job.id)
+            .limit(free)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not ids:
+        return []
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(ids))
+        .values(
+            status=S.SUBMITTING.value,
+            updated_at=func.now(),
+            submit_started_at=None,
+            next_check_at=func.now(),
+        )
+    )
+    session.add_all(
+        JobEvent(job_id=i, from_status=S.QUEUED.value, to_status=S.SUBMITTING.value) for i in ids
+    )
+    return ids
+
+
+def begin_submit(session: Session, job_id: str, *, answer_within: float) -> dict[str, Any] | None:
+    """Mark the POST as under way and return the upstream payload; None if not ours to send.
+
+    Committed before the POST: a job found later with ``submit_started_at`` set and no
+    upstream task id is one whose POST outcome is unknown, and is never sent again blindly.
+    """
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == S.SUBMITTING.value, Job.submit_started_at.is_(None))
+        .values(
+            submit_started_at=func.now(),
+            submit_attempts=Job.submit_attempts + 1,
+            updated_at=func.now(),
+            next_check_at=_after(answer_within),
+        )
+        .returning(Job.request)
+    ).first()
+    if row is None or row.request is None:
+        return None
+    return GenerationRequest.model_validate(row.request).upstream_payload()
+
+
+def record_submitted(
+    session: Session, job_id: str, upstream_task_id: str, *, first_poll_in: float
+) -> bool:
+    """The upstream accepted the POST: store its task id, the job is now ``pending``."""
+    return (
+        transition(
+            session,
+            job_id,
+            S.PENDING,
+            expected=[S.SUBMITTING],
+            upstream_task_id=upstream_task_id,
+            submitted_at=func.now(),
+            next_check_at=_after(first_poll_in),
+        )
+        is not None
+    )
+
+
+def requeue(session: Session, job_id: str, reason: str) -> bool:
+    """The upstream definitely did not accept the POST: give the slot back, wait again."""
+    left = transition(
+        session,
+        job_id,
+        S.QUEUED,
+        expected=[S.SUBMITTING],
+        detail=reason[:MAX_ERROR_MESSAGE],
+        submit_started_at=None,
+        next_check_at=func.now(),
+    )
+    return left is not None
+
+
+@dataclass(frozen=True)
+class PollTicket:
+    """The right to make poll number ``seq`` of a job."""
+
+    upstream_task_id: str
+    status: JobStatus
+    seq: int
+    overdue: bool  # the job's deadline has passed
+
+
+def claim_poll(session: Session, job_id: str, seq: int, *, hold_for: float) -> PollTicket | None:
+    """Claim poll ``seq`` of a submitted job; None for a stale or duplicate poll message.
+
+    Each poll message carries the sequence number it expects; claiming bumps it, so when
+    a crash or a sweep leaves two poll chains for one job, only one of them goes on.
+    """
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_([s.value for s in POLLED]),
+            Job.poll_count == seq,
+            Job.upstream_task_id.is_not(None),
+        )
+        .values(poll_count=Job.poll_count + 1, next_check_at=_after(hold_for))
+        .returning(Job.upstream_task_id, Job.status, Job.deadline_at <= func.now())
+    ).first()
+    if row is None:
+        return None
+    return PollTicket(str(row[0]), JobStatus(row[1]), seq + 1, bool(row[2]))
+
+
+def mark_processing(session: Session, job_id: str) -> bool:
+    """The upstream started working on the task."""
+    return transition(session, job_id, S.PROCESSING, expected=[S.PENDING]) is not None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished upstream task's results."""
+
+    images: list[ImageView]
+    duration_ms: int | None
+    billing_amount: Decimal | None
+    result_expires_at: datetime | None
+    request_id: str | None
+
+
+def succeed(
+    session: Session,
+    job_id: str,
+    outcome: Outcome,
+    *,
+    failure: tuple[ErrorCode, str] | None = None,
+) -> bool:
+    """Store the results of a finished task; the job ends ``succeeded``.
+
+    With ``failure`` (the images could not be copied in time) it ends ``failed`` with that
+    error instead, still recording what the upstream produced and charged.
+    """
+    extra: dict[str, Any] = {}
+    if failure is not None:
+        extra = {"error_code": failure[0].value, "error_message": failure[1][:MAX_ERROR_MESSAGE]}
+    left = transition(
+        session,
+        job_id,
+        S.SUCCEEDED if failure is None else S.FAILED,
+        expected=POLLED,
+        detail=f"{len(outcome.images)} image(s)"
+        + (f"; {failure[0].value}: {failure[1]}" if failure else ""),
+        **extra,
+        duration_ms=outcome.duration_ms,
+        billing_amount=outcome.billing_amount,
+        result_expires_at=outcome.result_expires_at,
+        upstream_request_id=outcome.request_id,
+    )
+    if left is None:
+        return False
+    session.add_all(
+        JobImage(
+            job_id=job_id,
+            index=image.index,
+            url=image.url,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            stored_path=image.stored_path,
+        )
+        for image in outcome.images
+    )
+    return True
+
+
+def cancel(session: Session, job_id: str) -> tuple[bool, JobStatus | None]:
+    """Cancel a job that is queued, or stop polling one already submitted.
+
+    A job whose POST is under way cannot be cancelled (its outcome is about to be known).
+    """
+    job = resolve(session, job_id)
+    if job is None:
+        return False, None
+    expected = [S.QUEUED, S.PENDING, S.PROCESSING]
+    if job.status == S.SUBMITTING and job.submit_started_at is None:
+        expected.append(S.SUBMITTING)
+    done = fail(session, job.id, ErrorCode.CANCELLED, "cancelled by request", expected=expected)
+    session.refresh(job)
+    return done, JobStatus(job.status)
+
+
+def view(session: Session, job_id: str) -> JobView | None:
+    """The JobView of ``job_id`` (following an idempotency alias)."""
+    job = resolve(session, job_id)
+    if job is None:
+        return None
+    return JobView(
+        id=job.id,
+        status=JobStatus(job.status),
+        priority=job.priority,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        submitted_at=job.submitted_at,
+        finished_at=job.finished_at,
+        deadline_at=job.deadline_at,
+        upstream_task_id=job.upstream_task_id,
+        images=[
+            ImageView(
+                index=i.index,
+                url=i.url,
+                width=i.width,
+                height=i.height,
+                format=i.format,
+                stored_path=i.stored_path,
+            )
+            for i in job.images
+        ],
+        billing_amount=job.billing_amount,
+        duration_ms=job.duration_ms,
+        result_expires_at=job.result_expires_at,
+        error_code=ErrorCode(job.error_code) if job.error_code else None,
+        error_message=job.error_message,
+        metadata=job.metadata_,
+        idempotency_key=job.idempotency_key,
+    )
+
+
+# --- the sweeper's queries -------------------------------------------------------------
+
+
+def expire_overdue(session: Session) -> list[str]:
+    """Fail every live job past its deadline that nothing else will end.
+
+    Queued jobs and jobs whose POST has not started are failed here; submitted ones are
+    ended by their next poll (or by the sweeper re-publishing it).
+    """
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.deadline_at <= func.now(),
+                Job.status.in_([S.QUEUED.value, S.SUBMITTING.value]),
+                Job.submit_started_at.is_(None),
+            )
+            .with_for_update(skip_locked=True)
+        )
+    )
+    return [
+        i
+        for i in ids
+        if fail(
+            session,
+            i,
+            ErrorCode.DEADLINE_EXCEEDED,
+            "deadline passed before the job was submitted",
+            expected=[S.QUEUED, S.SUBMITTING],
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """A live job whose next step is later than it should be."""
+
+    job_id: str
+    status: JobStatus
+    submit_started: bool
+    poll_count: int
+
+
+def take_overdue(session: Session, *, stale_after: float, recheck_in: float) -> list[Overdue]:
+    """Claim jobs past ``next_check_at + stale_after`` and push their next check forward.
+
+    Queued jobs are not listed: admission finds them. The push makes a second sweeper
+    (or the next sweep) skip the same jobs while the re-published step runs.
+    """
+    rows = session.execute(
+        update(Job)
+        .where(
+            Job.status.in_([s.value for s in HOLDING_SLOT]),
+            Job.next_check_at < _after(-stale_after),
+        )
+        .values(next_check_at=_after(recheck_in))
+        .returning(Job.id, Job.status, Job.submit_started_at, Job.poll_count)
+    ).all()
+    return [
+        Overdue(r.id, JobStatus(r.status), r.submit_started_at is not None, r.poll_count)
+        for r in rows
+    ]
+
+
+def counts(session: Session) -> dict[str, int]:
+    """Number of jobs in each status."""
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {str(status): int(n) for status, n in rows}
+
+
+def ping(session: Session) -> None:
+    """Fail loudly when the database is unreachable or not migrated."""
+    session.execute(text("SELECT 1 FROM jobs LIMIT 0"))

@@ -1,0 +1,122 @@
+"""SQLAlchemy 2 models: jobs, their events, images and idempotency aliases."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    SmallInteger,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    """Declarative base with timezone-aware timestamps."""
+
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSONB,
+    }
+
+
+class Job(Base):
+    """One generation request and everything known about it."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(SmallInteger, default=5, server_default="5")
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    deadline_at: Mapped[datetime]
+    # When the job's next step is due; the sweeper acts on jobs far past it.
+    next_check_at: Mapped[datetime | None]
+    submit_started_at: Mapped[datetime | None]
+    submitted_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    upstream_task_id: Mapped[str | None] = mapped_column(String(128))
+    submit_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    poll_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    billing_amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 4))
+    result_expires_at: Mapped[datetime | None]
+    upstream_request_id: Mapped[str | None] = mapped_column(String(128))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    images: Mapped[list[JobImage]] = relationship(
+        order_by="JobImage.index", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    __table_args__ = (
+        # Admission: the oldest of the most urgent queued jobs first.
+        Index(
+            "ix_jobs_queued",
+            priority.desc(),
+            "created_at",
+            postgresql_where=text("status = 'queued'"),
+        ),
+        # Slot counting and the sweeper only look at live jobs.
+        Index(
+            "ix_jobs_live",
+            "status",
+            "next_check_at",
+            postgresql_where=text("status IN ('queued','submitting','pending','processing')"),
+        ),
+    )
+
+
+class JobEvent(Base):
+    """One transition of one job: the history behind its status."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class JobImage(Base):
+    """One image the upstream produced for a job."""
+
+    __tablename__ = "job_images"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    stored_path: Mapped[str | None] = mapped_column(Text)
+
+
+class JobAlias(Base):
+    """A job id that a reused idempotency key folded into an earlier job."""
+
+    __tablename__ = "job_aliases"
+
+    alias_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

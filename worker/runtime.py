@@ -1,0 +1,81 @@
+"""Per-process resources: the upstream client, the download client, the shared gate.
+
+Created on first use in each process (a prefork child rebuilds them after the fork, since
+children must not share the parent's sockets) and reused by every task it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import httpx
+from pydantic import SecretStr
+from redis import Redis
+
+from .admission import UpstreamGate
+from .config import Settings, get_settings
+from .modellix import ModellixClient
+
+
+class ConfigurationError(RuntimeError):
+    """The worker cannot run with the settings it was given."""
+
+
+@dataclass
+class Runtime:
+    """Everything a task needs besides the database session."""
+
+    settings: Settings
+    upstream: ModellixClient
+    downloads: httpx.Client
+    gate: UpstreamGate
+
+    def close(self) -> None:
+        """Close the connection pools."""
+        self.upstream.close()
+        self.downloads.close()
+
+
+_runtime: tuple[int, Runtime] | None = None
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built on first use."""
+    global _runtime
+    if _runtime is None or _runtime[0] != os.getpid():
+        _runtime = (os.getpid(), build_runtime(get_settings()))
+    return _runtime[1]
+
+
+def reset_runtime() -> None:
+    """Forget this process's runtime (used after fork and in tests)."""
+    global _runtime
+    if _runtime is not None and _runtime[0] == os.getpid():
+        _runtime[1].close()
+    _runtime = None
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Build the clients for ``settings``."""
+    key = settings.modellix_api_key
+    if key is None or not key.get_secret_value().strip():
+        raise ConfigurationError("MODELLIX_API_KEY is not set")
+    return Runtime(
+        settings=settings,
+        upstream=ModellixClient(
+            settings.modellix_base_url,
+            SecretStr(key.get_secret_value().strip()),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        ),
+        # Result files are public URLs on another host: this client never sends the key.
+        downloads=httpx.Client(
+            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            follow_redirects=True,
+        ),
+        gate=UpstreamGate(
+            Redis.from_url(settings.limiter_redis_url, socket_timeout=10),
+            rpm=settings.upstream_rpm,
+        ),
+    )

@@ -1,0 +1,269 @@
+"""Celery tasks: thin wrappers that open a session, call ``jobs`` and the upstream, and
+publish the next step only after the state that justifies it is committed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+
+from api_schema import ErrorCode, ImageView, JobStatus, names
+
+from . import jobs
+from .celery_app import app
+from .db import reset_engine, session_scope
+from .modellix import OutcomeUnknownError, PermanentError, RetryableError, TaskState, UpstreamError
+from .polling import poll_delay, retry_delay
+from .runtime import Runtime, get_runtime, reset_runtime
+from .storage import StorageError, store_image
+
+log = logging.getLogger("imagegen.tasks")
+MAX_JOB_ID = 64
+
+
+@worker_process_init.connect
+def _fresh_process(**_: Any) -> None:
+    # Prefork children inherit the parent's pools; they must open their own.
+    reset_engine()
+    reset_runtime()
+
+
+@app.task(name=names.GENERATE_TASK, bind=True)
+def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
+    """Accept one request: validate it, record the job, admit what fits upstream."""
+    message_id = str(self.request.id)
+    if len(message_id) > MAX_JOB_ID:
+        log.error(
+            "dropped %s message: task id longer than %d characters", names.GENERATE_TASK, MAX_JOB_ID
+        )
+        return {"job_id": message_id[:MAX_JOB_ID], "status": "dropped"}
+    if args or set(kwargs) != {"request"}:
+        got = ", ".join(sorted(kwargs)) or "none"
+        detail = f"{len(args)} positional argument(s), kwargs: {got}"
+        with session_scope() as session:
+            accepted = jobs.record_invalid(
+                session, message_id, f"message: expected kwargs {{'request': ...}}, got {detail}"
+            )
+    else:
+        with session_scope() as session:
+            accepted = jobs.accept(
+                session,
+                message_id,
+                kwargs["request"],
+                default_deadline_seconds=get_runtime().settings.default_deadline_seconds,
+            )
+    if accepted.status is JobStatus.FAILED and accepted.created:
+        log.warning("job %s rejected as invalid_request", message_id)
+    if accepted.created and accepted.status is JobStatus.QUEUED:
+        dispatch()
+    return {"job_id": accepted.job_id, "status": accepted.status.value}
+
+
+def dispatch() -> list[str]:
+    """Admit queued jobs into free upstream slots and send their submits."""
+    runtime = get_runtime()
+    with session_scope() as session:
+        admitted = jobs.claim_for_submit(session, runtime.settings.upstream_concurrency)
+    for job_id in admitted:
+        submit.apply_async((job_id,))
+    return admitted
+
+
+@app.task(name=names.SUBMIT_TASK, bind=True, max_retries=None)
+def submit(self: Task, job_id: str) -> str:
+    """POST one admitted job to the upstream, once."""
+    runtime = get_runtime()
+    wait = runtime.gate.acquire()
+    if wait > 0:
+        raise self.retry(countdown=wait)
+    settings = runtime.settings
+    answer_within = settings.connect_timeout + settings.read_timeout + 5
+    with session_scope() as session:
+        payload = jobs.begin_submit(session, job_id, answer_within=answer_within)
+    if payload is None:
+        return "skipped"  # a duplicate message, or the job moved on (cancelled, expired)
+    try:
+        submitted = runtime.upstream.submit(payload)
+    except RetryableError as exc:
+        # Definitely not accepted: back in the queue, and if the upstream asked, everyone waits.
+        _throttle(runtime, exc)
+        with session_scope() as session:
+            jobs.requeue(session, job_id, f"not accepted: {exc.message}")
+        dispatch()
+        return "requeued"
+    except PermanentError as exc:
+        _end(job_id, exc.error_code, exc.message, expected=[JobStatus.SUBMITTING])
+        return "rejected"
+    except OutcomeUnknownError as exc:
+        _throttle(runtime, exc)
+        _outcome_unknown(job_id, exc.message)
+        return "unknown"
+    first_poll = poll_delay(0, settings)
+    with session_scope() as session:
+        recorded = jobs.record_submitted(
+            session, job_id, submitted.task_id, first_poll_in=first_poll
+        )
+    if recorded:
+        poll.apply_async((job_id, 0), countdown=first_poll)
+    else:
+        log.warning("job %s: upstream task %s created but job moved on", job_id, submitted.task_id)
+    return "submitted"
+
+
+@app.task(name=names.POLL_TASK, bind=True, max_retries=None)
+def poll(self: Task, job_id: str, seq: int = 0) -> str:
+    """Ask the upstream about a submitted job; retry with a countdown while it runs."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    wait = runtime.gate.acquire()
+    if wait > 0:
+        raise self.retry(args=(job_id, seq), countdown=wait)
+    hold_for = (
+        settings.read_timeout + settings.connect_timeout + settings.retry_max_interval_seconds
+    )
+    with session_scope() as session:
+        ticket = jobs.claim_poll(session, job_id, seq, hold_for=hold_for)
+    if ticket is None:
+        return "stale"
+    if ticket.overdue:
+        _end(job_id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while the upstream was working")
+        return "deadline"
+    try:
+        state = runtime.upstream.get_task(ticket.upstream_task_id)
+    except RetryableError as exc:
+        _throttle(runtime, exc)
+        delay = retry_delay(self.request.retries, settings, floor=exc.retry_after)
+        raise self.retry(args=(job_id, ticket.seq), countdown=delay) from None
+    except PermanentError as exc:
+        _end(job_id, exc.error_code, exc.message)
+        return "rejected"
+    if state.status == "failed":
+        _end(job_id, ErrorCode.UPSTREAM_FAILED, state.error or "the upstream task failed")
+        return "failed"
+    if state.status == "success":
+        return _finish(self, runtime, job_id, ticket, state)
+    if state.status == "processing" and ticket.status is JobStatus.PENDING:
+        with session_scope() as session:
+            jobs.mark_processing(session, job_id)
+    raise self.retry(args=(job_id, ticket.seq), countdown=poll_delay(ticket.seq, settings))
+
+
+def _finish(
+    self: Task, runtime: Runtime, job_id: str, ticket: jobs.PollTicket, state: TaskState
+) -> str:
+    settings = runtime.settings
+    images: list[ImageView] = []
+    failure: tuple[ErrorCode, str] | None = None
+    for index, resource in enumerate(state.resources):
+        stored: str | None = None
+        if settings.storage_dir is not None:
+            try:
+                path = store_image(
+                    runtime.downloads,
+                    settings.storage_dir,
+                    job_id,
+                    index,
+                    resource.url,
+                    resource.format,
+                )
+                stored = str(path.resolve())
+            except (StorageError, OSError) as exc:
+                if not ticket.overdue and self.request.retries < 20:
+                    delay = retry_delay(self.request.retries, settings)
+                    log.warning(
+                        "job %s: copying image %d failed (%s); retrying", job_id, index, exc
+                    )
+                    raise self.retry(args=(job_id, ticket.seq), countdown=delay) from None
+                failure = (ErrorCode.STORAGE_FAILED, f"copying image {index} failed: {exc}")
+        images.append(
+            ImageView(
+                index=index,
+                url=resource.url,
+                width=resource.width,
+                height=resource.height,
+                format=resource.format,
+                stored_path=stored,
+            )
+        )
+    outcome = jobs.Outcome(
+        images=images,
+        duration_ms=state.duration_ms,
+        billing_amount=state.billing_amount,
+        result_expires_at=state.result_expires_at,
+        request_id=state.request_id,
+    )
+    with session_scope() as session:
+        done = jobs.succeed(session, job_id, outcome, failure=failure)
+    if done:
+        dispatch()
+    return "succeeded" if failure is None else "failed"
+
+
+def _end(
+    job_id: str, code: ErrorCode, message: str, expected: list[JobStatus] | None = None
+) -> None:
+    with session_scope() as session:
+        ended = jobs.fail(session, job_id, code, message, expected=expected)
+    if ended:
+        dispatch()  # its slot is free
+
+
+def _outcome_unknown(job_id: str, message: str) -> None:
+    if get_runtime().settings.resubmit_unknown:
+        with session_scope() as session:
+            jobs.requeue(session, job_id, f"outcome unknown, resubmitting: {message}")
+        dispatch()
+    else:
+        _end(
+            job_id,
+            ErrorCode.SUBMIT_OUTCOME_UNKNOWN,
+            f"the upstream may or may not have created a task; not resubmitted: {message}",
+            expected=[JobStatus.SUBMITTING],
+        )
+
+
+def _throttle(runtime: Runtime, exc: UpstreamError) -> None:
+    if exc.throttle:
+        pause = exc.retry_after if exc.retry_after is not None else 1.0
+        runtime.gate.pause(min(pause, runtime.settings.retry_max_interval_seconds))
+        log.warning("upstream asked to back off (HTTP %s): pausing for %.1fs", exc.status, pause)
+
+
+@app.task(name=names.SWEEP_TASK)
+def sweep() -> dict[str, int]:
+    """Move on every job whose next step is overdue (a lost message, a killed worker)."""
+    settings = get_runtime().settings
+    with session_scope() as session:
+        expired = jobs.expire_overdue(session)
+    with session_scope() as session:
+        overdue = jobs.take_overdue(
+            session,
+            stale_after=settings.stale_after_seconds,
+            recheck_in=settings.read_timeout + settings.retry_max_interval_seconds,
+        )
+    republished = unknown = 0
+    for job in overdue:
+        if job.status is JobStatus.SUBMITTING and job.submit_started:
+            # The POST was sent and nobody recorded its answer: never sent blindly again.
+            _outcome_unknown(
+                job.job_id, "the worker sending it stopped before the answer was stored"
+            )
+            unknown += 1
+        elif job.status is JobStatus.SUBMITTING:
+            submit.apply_async((job.job_id,))
+            republished += 1
+        else:
+            poll.apply_async((job.job_id, job.poll_count))
+            republished += 1
+    admitted = dispatch()
+    result = {
+        "expired": len(expired),
+        "republished": republished,
+        "outcome_unknown": unknown,
+        "admitted": len(admitted),
+    }
+    if any(result.values()):
+        log.info("sweep: %s", result)
+    return result

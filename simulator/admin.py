@@ -27,7 +27,7 @@ class Admin:
         return _json(self.sim.store.stats_dict(self.sim.clock()))
 
     async def tasks(self, request: Request) -> Response:
-        """GET /_sim/tasks[?team=...]: every task still held, oldest first."""
+        """GET /_sim/tasks[?team=...]: {"tasks": [...]}, every task still held, oldest first."""
         sim = self.sim
         now = sim.clock()
         ttl = sim.config.result_ttl_seconds
@@ -45,7 +45,7 @@ class Admin:
             for task in sim.store.tasks.values()
             if team is None or task.team == team
         ]
-        return _json(rows)
+        return _json({"tasks": rows})
 
     async def get_config(self, request: Request) -> Response:
         """GET /_sim/config."""

@@ -31,12 +31,10 @@ _FAIL_REASONS = (
 )
 
 
+# A BaseException on purpose: Starlette's error middleware turns any Exception into a 500
+# response, but lets this through to SimApp, which turns it into a hard close.
 class DropConnection(BaseException):
-    """Abort the request so the server closes the connection without any response.
-
-    A BaseException on purpose: Starlette's error middleware turns an Exception into a 500
-    response, but lets BaseException through to SimApp, which turns it into a hard close.
-    """
+    """Abort the request so the server closes the connection without any response."""
 
 
 class Simulator:
@@ -146,7 +144,7 @@ class Simulator:
                 "model_id": MODEL_ID,
                 "get_result": {
                     "method": "GET",
-                    "url": f"{config.public_base_url}/api/v1/tasks/{task.task_id}",
+                    "url": f"{config.public_base_url.rstrip('/')}/api/v1/tasks/{task.task_id}",
                 },
             }
         )
@@ -200,7 +198,7 @@ class Simulator:
             data["error"] = task.error
         elif status == "success":
             params = task.params
-            base = f"{self.config.public_base_url}/files/{task.task_id}"
+            base = f"{self.config.public_base_url.rstrip('/')}/files/{task.task_id}"
             data["duration"] = round((task.ends_at - task.created_at) * 1000)
             data["result"] = {
                 "resources": [

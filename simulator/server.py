@@ -1,6 +1,7 @@
 """Run the simulator under uvicorn."""
 
 import logging
+import os
 
 import uvicorn
 
@@ -29,8 +30,6 @@ def serve(
 
 def main() -> None:
     """Entry point: configuration from SIM_* env vars, bind from SIM_HOST / SIM_PORT."""
-    import os
-
     serve(
         SimConfig.from_env(),
         host=os.environ.get("SIM_HOST", "127.0.0.1"),

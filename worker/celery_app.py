@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu.entity import Queue
 
 from api_schema import names
+from api_schema.producer import celery_queues
 
 from .config import get_settings
 
@@ -31,7 +31,8 @@ def make_app() -> Celery:
         # duplicate a poll (which the poll sequence number would then drop).
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         broker_connection_retry_on_startup=True,
-        task_queues=[Queue(q, routing_key=q) for q in names.ALL_QUEUES],
+        task_queues=celery_queues(),
+        task_create_missing_queues=False,
         task_default_queue=names.UPSTREAM_QUEUE,
         task_routes={
             names.GENERATE_TASK: {"queue": names.REQUESTS_QUEUE},

@@ -240,7 +240,7 @@ async def test_submit_success_shape_on_both_paths(sim: Sim, path: str) -> None:
             "get_result": {"method": "GET", "url": f"{BASE_URL}/api/v1/tasks/{task_id}"},
         },
     }
-    tasks = (await sim.client.get("/_sim/tasks")).json()
+    tasks = (await sim.client.get("/_sim/tasks")).json()["tasks"]
     assert [(t["task_id"], t["team"], t["prompt"], t["n"]) for t in tasks] == [
         (task_id, "team-a", "a cat in a hat", 1)
     ]
@@ -454,7 +454,7 @@ async def test_validation_messages(sim: Sim, body: Any, status: int, message: st
     stats = await sim.stats()
     assert stats["submits_accepted"] == 0
     assert sum(stats["submits_rejected"].values()) == 1
-    assert (await sim.client.get("/_sim/tasks")).json() == []
+    assert (await sim.client.get("/_sim/tasks")).json()["tasks"] == []
 
 
 @pytest.mark.parametrize(
@@ -637,7 +637,7 @@ async def test_expired_tasks_are_purged_on_submit(make_sim: SimFactory) -> None:
     await sim.created()
     sim.clock.advance(20.0)
     fresh = await sim.created()
-    tasks = (await sim.client.get("/_sim/tasks")).json()
+    tasks = (await sim.client.get("/_sim/tasks")).json()["tasks"]
     assert [t["task_id"] for t in tasks] == [fresh]
 
 
@@ -680,7 +680,9 @@ async def test_concurrency_limit(make_sim: SimFactory) -> None:
 
     sim.clock.now = T0 + 3.0  # the first task of team-a is done
     assert (await sim.submit(payload(), key=KEY_A)).status_code == 200
-    assert len((await sim.client.get("/_sim/tasks", params={"team": "team-a"})).json()) == 3
+    assert (
+        len((await sim.client.get("/_sim/tasks", params={"team": "team-a"})).json()["tasks"]) == 3
+    )
 
 
 async def test_concurrency_counts_failed_tasks_until_they_end(make_sim: SimFactory) -> None:
@@ -811,7 +813,7 @@ async def test_rate_burst_fault(sim: Sim) -> None:
     assert_error(response, 429, "Rate limit exceeded: too many requests, retry later")
     assert response.headers["Retry-After"] == "1"
     assert response.headers["X-RateLimit-Remaining"] == "0"
-    assert (await sim.client.get("/_sim/tasks")).json() == []
+    assert (await sim.client.get("/_sim/tasks")).json()["tasks"] == []
 
 
 async def test_fail_task_payload(make_sim: SimFactory) -> None:
@@ -837,7 +839,7 @@ async def test_malformed_json_creates_the_task(sim: Sim) -> None:
     assert response.status_code == 200
     with pytest.raises(ValueError):  # noqa: PT011 - json.JSONDecodeError is a ValueError
         json.loads(response.content)
-    tasks = (await sim.client.get("/_sim/tasks")).json()
+    tasks = (await sim.client.get("/_sim/tasks")).json()["tasks"]
     assert [t["prompt"] for t in tasks] == ["ambiguous one"]
     task_id = tasks[0]["task_id"]
     poll = await sim.query(task_id)
@@ -878,7 +880,7 @@ async def test_drop_after_create_closes_without_response(sim: Sim) -> None:
     result = await sim.app(scope, receive, send)  # type: ignore[func-returns-value]
     assert result == DROPPED  # uvicorn closes the socket on a non-None return
     assert sent == []
-    tasks = (await sim.client.get("/_sim/tasks")).json()
+    tasks = (await sim.client.get("/_sim/tasks")).json()["tasks"]
     assert [t["prompt"] for t in tasks] == ["dropped"]
     assert (await sim.stats())["faults_injected"] == {"drop_after_create": 1}
 
@@ -948,13 +950,13 @@ async def test_health_and_reset(sim: Sim) -> None:
         "tasks_total": 0,
         "faults_injected": {},
     }
-    assert (await sim.client.get("/_sim/tasks")).json() == []
+    assert (await sim.client.get("/_sim/tasks")).json()["tasks"] == []
 
 
 async def test_tasks_listing_reports_status(sim: Sim) -> None:
     task_id = await sim.created(payload(prompt="listed", n=4))
     sim.clock.advance(1.0)
-    (row,) = (await sim.client.get("/_sim/tasks")).json()
+    (row,) = (await sim.client.get("/_sim/tasks")).json()["tasks"]
     assert row == {
         "task_id": task_id,
         "team": "team-a",

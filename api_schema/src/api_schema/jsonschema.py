@@ -26,8 +26,7 @@ def build() -> dict[str, dict[str, Any]]:
     """Every schema file's content, by file name."""
     schemas: dict[str, dict[str, Any]] = {}
     for name, model in MODELS.items():
-        mode = "serialization" if model is JobView else "validation"
-        schema = model.model_json_schema(mode=mode)
+        schema = model.model_json_schema(mode="serialization" if model is JobView else "validation")
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://imagegen-worker/schemas/{name}"
         schemas[name] = schema

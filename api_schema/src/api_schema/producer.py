@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
 from .models import GenerationRequest
-from .names import GENERATE_TASK, REQUESTS_QUEUE
+from .names import ALL_QUEUES, GENERATE_TASK, REQUESTS_QUEUE
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -32,6 +32,18 @@ def job_id_for(request: GenerationRequest) -> str:
     return str(uuid.uuid4())
 
 
+def celery_queues() -> list[Any]:
+    """The queues, routed through the default exchange.
+
+    Messages then go straight to the queue's list in Redis, with no binding lookup: a
+    flushed (or restarted, memory-only) Redis cannot turn a publish into a silent drop.
+    """
+    from kombu.entity import Exchange, Queue
+
+    default = Exchange("", type="direct")
+    return [Queue(name, default, routing_key=name) for name in ALL_QUEUES]
+
+
 @lru_cache(maxsize=8)
 def producer_app(broker_url: str) -> Celery:
     """A minimal Celery app that only publishes, JSON only."""
@@ -44,6 +56,8 @@ def producer_app(broker_url: str) -> Celery:
         result_backend=None,
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
+        task_queues=celery_queues(),
+        task_create_missing_queues=False,
     )
     return app
 

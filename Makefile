@@ -1,0 +1,55 @@
+# imagegen-worker: `make demo` runs the pipeline end to end, `make test` runs every test.
+# Both install what they need (uv, the locked dependencies) into this folder first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --frozen
+
+.PHONY: help install services tools lint typecheck test test-unit test-integration demo bench compose-config clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(CURDIR)/.tools/bin/uv:
+	@echo "installing uv $(UV_VERSION) into .tools/"
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+install: $(UV) ## create .venv from uv.lock
+	$(UV) sync --frozen
+
+services: ## start local Redis/PostgreSQL if they are down
+	@scripts/ensure-services.sh
+
+tools: ## system tools the tests use (docker-compose, only to validate the compose file)
+	@command -v docker-compose >/dev/null || { \
+	  echo "installing Debian's docker-compose (used offline: 'config' only)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
+
+lint: install ## ruff check + format check
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+typecheck: install ## mypy --strict
+	$(RUN) mypy worker api_schema/src simulator bench
+
+test: install services tools lint typecheck ## lint, types, unit, integration and fault tests
+	$(RUN) pytest
+
+test-unit: install ## only the tests that need no services
+	$(RUN) pytest tests/unit
+
+demo: install services ## run the pipeline end to end (simulator unless MODELLIX_API_KEY is set)
+	$(RUN) imagegen demo
+
+bench: install services ## every benchmark (see `imagegen bench --help`)
+	$(RUN) imagegen bench all
+
+compose-config: tools ## validate docker-compose.yml offline
+	docker-compose -f docker-compose.yml config --quiet
+
+clean: ## remove local state (not .venv)
+	rm -rf demo-output bench-results .imagegen .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,9 @@ class Admin:
 
     async def stats(self, request: Request) -> Response:
         """GET /_sim/stats."""
-        return _json(self.sim.store.stats_dict(self.sim.clock()))
+        sim = self.sim
+        config = sim.config
+        return _json(sim.store.stats_dict(sim.clock(), config.balance, config.keys.values()))
 
     async def tasks(self, request: Request) -> Response:
         """GET /_sim/tasks[?team=...]: {"tasks": [...]}, every task still held, oldest first."""
@@ -52,7 +54,11 @@ class Admin:
         return _json(self.sim.config.public_dict())
 
     async def set_config(self, request: Request) -> Response:
-        """POST /_sim/config: partial update of scalar fields and faults, applied live."""
+        """POST /_sim/config: partial update of scalar fields and faults, applied live.
+
+        Setting balance (even to its current value) restarts every team's ledger: each team
+        then has the new balance in full, and refunds of earlier tasks no longer count.
+        """
         try:
             changes: Any = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
@@ -63,13 +69,18 @@ class Admin:
             self.sim.config.update(changes)
         except ValueError as exc:
             return _error(invalid(str(exc)))
+        if "balance" in changes:
+            self.sim.restart_balances()
         nested = changes.get("faults")
         if "seed" in changes or (isinstance(nested, dict) and "seed" in nested):
             self.sim.reseed()
         return _json(self.sim.config.public_dict())
 
     async def reset(self, request: Request) -> Response:
-        """POST /_sim/reset: forget tasks, quotas, stats and cached images; keep the config."""
+        """POST /_sim/reset: forget tasks, quotas, spending, stats and cached images.
+
+        The config is kept, so every team has the configured balance in full again.
+        """
         self.sim.store = Store()
         self.sim.images = ImageCache()
         self.sim.reseed()

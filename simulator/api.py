@@ -110,6 +110,14 @@ class Simulator:
             if (provider, model) != ("minimax", MODEL_ID):
                 raise not_found(f"model '{provider}/{model}' not found")
             params = parse_submit(await request.body())
+            if self.roll("submit_400", config.faults.submit_400):
+                # A plausible upstream 400 that no client-side validation can predict.
+                raise ApiError(
+                    400,
+                    "Invalid parameters",
+                    "parameter 'prompt' was rejected by content moderation",
+                    "fault_400",
+                )
             quota = self.store.team(team)
             self.admit(quota, now)
             active = quota.active(now)
@@ -122,6 +130,8 @@ class Simulator:
                     "concurrency_limit",
                     retry_after=quota.next_free(now),
                 )
+            cost = Decimal(config.price_per_image) * params.n
+            self._check_balance(quota, now, cost, params.n)
             self._server_faults("submit", config.faults.submit_500, config.faults.submit_503)
         except ApiError as err:
             self.store.stats.submits_rejected[err.reason] += 1
@@ -130,10 +140,17 @@ class Simulator:
         error = None
         if self.roll("fail_task", config.faults.fail_task):
             error = self.rng.choice(_FAIL_REASONS)
-        amount = f"{Decimal(config.price_per_image) * params.n:.4f}"
+        # No await since the balance check: the reservation cannot race another submit.
         task = self.store.create(
-            team, params, now, config.pending_seconds, config.processing_seconds, error, amount
+            team,
+            params,
+            now,
+            config.pending_seconds,
+            config.processing_seconds,
+            error,
+            f"{cost:.4f}",
         )
+        quota.reserve(now, cost, task.ends_at if error is not None else None)
         stats = self.store.stats
         stats.submits_accepted += 1
         stats.max_concurrency = max(stats.max_concurrency, active + 1)
@@ -250,6 +267,25 @@ class Simulator:
         if latency > 0:
             await self.sleep(latency / 1000)
         return Response(error_body(err), err.status, headers, media_type="application/json")
+
+    def restart_balances(self) -> None:
+        """Give every team the configured balance again (after balance is set at runtime)."""
+        for quota in self.store.teams.values():
+            quota.restart_ledger()
+
+    def _check_balance(self, quota: TeamState, now: float, cost: Decimal, n: int) -> None:
+        balance = self.config.balance
+        if balance is None:
+            return
+        remaining = quota.remaining(now, Decimal(balance))
+        if remaining < cost:
+            images = "image" if n == 1 else "images"
+            raise ApiError(
+                402,
+                "Insufficient balance",
+                f"remaining balance {remaining:.4f} is less than {cost:.4f} for {n} {images}",
+                "insufficient_balance",
+            )
 
     def _server_faults(self, kind: str, p500: float, p503: float) -> None:
         if self.roll(f"{kind}_500", p500):

@@ -10,6 +10,7 @@ from typing import Any
 
 _PROBABILITIES = frozenset(
     {
+        "submit_400",
         "submit_500",
         "submit_503",
         "query_500",
@@ -37,6 +38,7 @@ _NON_NEGATIVE_INTS = frozenset({"concurrency_limit", "rpm_limit"})
 class Faults:
     """Fault-injection knobs; probabilities are 0..1 and everything defaults to off."""
 
+    submit_400: float = 0.0
     submit_500: float = 0.0
     submit_503: float = 0.0
     query_500: float = 0.0
@@ -63,6 +65,8 @@ class SimConfig:
     result_ttl_seconds: float = 7 * 24 * 3600.0
     public_base_url: str = "http://127.0.0.1:8900"
     price_per_image: str = "0.0350"
+    # Starting balance of every team, a decimal string; None means unlimited.
+    balance: str | None = None
     faults: Faults = field(default_factory=Faults)
 
     @classmethod
@@ -128,6 +132,7 @@ _SCALAR_FIELDS = (
     "result_ttl_seconds",
     "public_base_url",
     "price_per_image",
+    "balance",
 )
 _ENV_ALIASES = {"concurrency_limit": "concurrency", "rpm_limit": "rpm"}
 _FAULT_FIELDS = tuple(f.name for f in dataclasses.fields(Faults))
@@ -175,8 +180,10 @@ def _coerce(name: str, value: Any, from_text: bool) -> Any:
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise ValueError(f"field '{name}' must be an http(s) URL")
         return value.rstrip("/")
+    elif name == "balance":
+        return _coerce_balance(value, from_text)
     else:
-        return _coerce_price(value)
+        return _coerce_price(name, value)
     if number < 0 or (name in _PROBABILITIES and number > 1):
         bounds = "between 0 and 1" if name in _PROBABILITIES else ">= 0"
         raise ValueError(f"field '{name}' must be {bounds}, got {number}")
@@ -189,13 +196,22 @@ def _coerce_seed(value: Any, from_text: bool) -> int | None:
     return _as_int("seed", value, from_text)
 
 
-def _coerce_price(value: Any) -> str:
+def _coerce_balance(value: Any, from_text: bool) -> str | None:
+    if value is None or (from_text and str(value).lower() in ("none", "null", "unlimited")):
+        return None
+    return _coerce_price("balance", value)
+
+
+def _coerce_price(name: str, value: Any) -> str:
+    """A non-negative decimal (string or number, never a bool) as a 4-decimal string."""
     try:
+        if isinstance(value, bool):
+            raise InvalidOperation
         price = Decimal(str(value))
     except InvalidOperation:
-        raise ValueError("field 'price_per_image' must be a decimal number") from None
+        raise ValueError(f"field '{name}' must be a decimal number") from None
     if not price.is_finite() or price < 0:
-        raise ValueError("field 'price_per_image' must be a non-negative decimal number")
+        raise ValueError(f"field '{name}' must be a non-negative decimal number")
     return f"{price:.4f}"
 
 

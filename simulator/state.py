@@ -4,7 +4,9 @@ import heapq
 import math
 import secrets
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from simulator.validation import SubmitParams
@@ -41,10 +43,40 @@ class Task:
 
 @dataclass(slots=True)
 class TeamState:
-    """Per-team quotas: request times in the rolling window and a heap of active end times."""
+    """Per-team quotas: rolling request window, heap of active end times, balance ledger.
+
+    The ledger holds what the team has spent since the balance was last (re)started: a
+    task's cost is reserved at submit, and a task that ends failed is refunded when it ends
+    (a heap of (end time, amount), settled lazily like active_ends).
+    """
 
     window: deque[float] = field(default_factory=deque)
     active_ends: list[float] = field(default_factory=list)
+    spent: Decimal = Decimal(0)
+    refunds: list[tuple[float, Decimal]] = field(default_factory=list)
+
+    def reserve(self, now: float, amount: Decimal, refund_at: float | None) -> None:
+        """Charge amount at now; refund it at refund_at (a task known to end failed)."""
+        self.settle(now)
+        self.spent += amount
+        if refund_at is not None:
+            heapq.heappush(self.refunds, (refund_at, amount))
+
+    def settle(self, now: float) -> None:
+        """Apply the refunds due at now (pops them, amortised O(log n))."""
+        refunds = self.refunds
+        while refunds and refunds[0][0] <= now:
+            self.spent -= heapq.heappop(refunds)[1]
+
+    def remaining(self, now: float, balance: Decimal) -> Decimal:
+        """Balance left at now after settling the refunds that are due."""
+        self.settle(now)
+        return balance - self.spent
+
+    def restart_ledger(self) -> None:
+        """Forget past spending and pending refunds: the team has the full balance again."""
+        self.spent = Decimal(0)
+        self.refunds.clear()
 
     def active(self, now: float) -> int:
         """Tasks still pending or processing at now (pops finished ones, amortised O(log n))."""
@@ -179,10 +211,21 @@ class Store:
         """Pending + processing tasks per team."""
         return {name: state.active(now) for name, state in sorted(self.teams.items())}
 
-    def stats_dict(self, now: float) -> dict[str, Any]:
-        """The /_sim/stats payload."""
+    def balances(self, now: float, balance: str, teams: Iterable[str]) -> dict[str, str]:
+        """Remaining balance per team (teams plus every team seen), 4-decimal strings."""
+        full = Decimal(balance)
+        rows: dict[str, str] = {}
+        for name in sorted(set(teams) | set(self.teams)):
+            state = self.teams.get(name)
+            rows[name] = f"{full if state is None else state.remaining(now, full):.4f}"
+        return rows
+
+    def stats_dict(
+        self, now: float, balance: str | None = None, teams: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """The /_sim/stats payload; balance_remaining only when a balance is configured."""
         stats = self.stats
-        return {
+        data: dict[str, Any] = {
             "submits_accepted": stats.submits_accepted,
             "submits_rejected": dict(stats.submits_rejected),
             "polls": stats.polls,
@@ -193,3 +236,6 @@ class Store:
             "tasks_total": len(self.tasks),
             "faults_injected": dict(stats.faults_injected),
         }
+        if balance is not None:
+            data["balance_remaining"] = self.balances(now, balance, teams)
+        return data

@@ -111,7 +111,11 @@ class GenerationRequest(BaseModel):
     ``metadata``, ``priority`` and ``deadline_seconds`` are this service's envelope.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"dependentRequired": {"width": ["height"], "height": ["width"]}},
+    )
 
     prompt: Annotated[StrictStr, Field(min_length=1, max_length=1500)]
     subject_reference_images: Annotated[list[ReferenceImage], Field(min_length=1, max_length=10)]

@@ -1,0 +1,206 @@
+"""The state machine against real PostgreSQL: races, admission order, dedupe of messages."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from api_schema import ErrorCode, JobStatus
+from tests.harness import Stack, request
+from worker import jobs
+from worker.db import session_scope
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def db(stack: Stack) -> Iterator[Stack]:
+    """The stack's database, emptied."""
+    stack.sql("TRUNCATE jobs, job_events, job_images, job_aliases")
+    yield stack
+    stack.sql("TRUNCATE jobs, job_events, job_images, job_aliases")
+
+
+def _accept(body: object, job_id: str | None = None) -> jobs.Accepted:
+    with session_scope() as session:
+        return jobs.accept(session, job_id or str(uuid.uuid4()), body, default_deadline_seconds=600)
+
+
+def _race(n: int, fn: Callable[[], T]) -> list[T]:
+    """Run ``fn`` in ``n`` threads released at the same moment."""
+    barrier = threading.Barrier(n)
+    results: list[T] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        barrier.wait()
+        value = fn()
+        with lock:
+            results.append(value)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def _status(job_id: str) -> str:
+    with session_scope() as session:
+        view = jobs.view(session, job_id)
+    assert view is not None
+    return view.status.value
+
+
+def test_racing_transitions_have_exactly_one_winner(db: Stack) -> None:
+    job_id = _accept(request()).job_id
+
+    def move() -> JobStatus | None:
+        with session_scope() as session:
+            return jobs.transition(
+                session, job_id, JobStatus.CANCELLED, expected=[JobStatus.QUEUED]
+            )
+
+    results = _race(8, move)
+    assert results.count(JobStatus.QUEUED) == 1
+    assert results.count(None) == 7
+    events = db.sql("SELECT to_status FROM job_events WHERE job_id = :j", j=job_id)
+    assert sorted(r[0] for r in events) == ["cancelled", "queued"]
+
+
+def test_admission_never_exceeds_the_limit_under_concurrent_claims(db: Stack) -> None:
+    for _ in range(30):
+        _accept(request())
+
+    def claim() -> list[str]:
+        with session_scope() as session:
+            return jobs.claim_for_submit(session, 3)
+
+    claimed = [i for batch in _race(6, claim) for i in batch]
+    assert len(claimed) == 3
+    assert len(set(claimed)) == 3
+    assert db.sql("SELECT count(*) FROM jobs WHERE status = 'submitting'")[0][0] == 3
+    # a full upstream admits nothing more
+    assert claim() == []
+    # one slot frees: exactly one more is admitted
+    with session_scope() as session:
+        assert jobs.fail(session, claimed[0], ErrorCode.UPSTREAM_REJECTED, "no")
+    assert len(claim()) == 1
+
+
+def test_admission_order_is_priority_then_age(db: Stack) -> None:
+    ids = {}
+    for label, priority in [("a5", 5), ("b9", 9), ("c5", 5), ("d0", 0), ("e9", 9)]:
+        ids[label] = _accept(request(priority=priority)).job_id
+    order = []
+    for _ in range(5):
+        with session_scope() as session:
+            (admitted,) = jobs.claim_for_submit(session, 1)
+        order.append(next(k for k, v in ids.items() if v == admitted))
+        with session_scope() as session:
+            jobs.fail(session, admitted, ErrorCode.UPSTREAM_REJECTED, "done")
+    assert order == ["b9", "e9", "a5", "c5", "d0"]
+
+
+def test_a_post_is_started_once_however_many_messages_ask(db: Stack) -> None:
+    job_id = _accept(request()).job_id
+    with session_scope() as session:
+        assert jobs.claim_for_submit(session, 5) == [job_id]
+
+    def begin() -> object:
+        with session_scope() as session:
+            return jobs.begin_submit(session, job_id, answer_within=30)
+
+    payloads = [p for p in _race(6, begin) if p is not None]
+    assert len(payloads) == 1
+    assert db.sql("SELECT submit_attempts FROM jobs WHERE id = :j", j=job_id)[0][0] == 1
+
+
+def test_duplicate_poll_messages_are_dropped_by_sequence(db: Stack) -> None:
+    job_id = _accept(request()).job_id
+    with session_scope() as session:
+        jobs.claim_for_submit(session, 1)
+        jobs.begin_submit(session, job_id, answer_within=30)
+        assert jobs.record_submitted(session, job_id, "task-1", first_poll_in=1)
+
+    def claim(seq: int) -> Callable[[], jobs.PollTicket | None]:
+        def go() -> jobs.PollTicket | None:
+            with session_scope() as session:
+                return jobs.claim_poll(session, job_id, seq, hold_for=10)
+
+        return go
+
+    tickets = [t for t in _race(5, claim(0)) if t is not None]
+    assert len(tickets) == 1
+    assert tickets[0].seq == 1
+    assert tickets[0].upstream_task_id == "task-1"
+    assert claim(0)() is None  # a late duplicate of poll 0
+    assert claim(1)() is not None  # the chain goes on
+
+
+def test_same_idempotency_key_under_a_race_makes_one_job(db: Stack) -> None:
+    body = request(idempotency_key=f"key-{uuid.uuid4().hex}")
+    results = _race(6, lambda: _accept(body))
+    assert len({r.job_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert db.sql("SELECT count(*) FROM jobs")[0][0] == 1
+    assert db.sql("SELECT count(*) FROM job_aliases")[0][0] == 5
+
+
+def test_invalid_request_is_recorded_failed_with_the_field(db: Stack) -> None:
+    accepted = _accept({"prompt": "x", "subject_reference_images": ["ftp://nope"]})
+    assert accepted.status is JobStatus.FAILED
+    with session_scope() as session:
+        view = jobs.view(session, accepted.job_id)
+    assert view is not None
+    assert view.error_code is ErrorCode.INVALID_REQUEST
+    assert "subject_reference_images.0" in (view.error_message or "")
+
+
+def test_sweeper_takes_each_overdue_job_once(db: Stack) -> None:
+    job_id = _accept(request()).job_id
+    with session_scope() as session:
+        jobs.claim_for_submit(session, 1)
+        jobs.begin_submit(session, job_id, answer_within=30)
+        jobs.record_submitted(session, job_id, "task-9", first_poll_in=1)
+    db.sql("UPDATE jobs SET next_check_at = now() - interval '10 minutes' WHERE id = :j", j=job_id)
+
+    def take() -> list[jobs.Overdue]:
+        with session_scope() as session:
+            return jobs.take_overdue(session, stale_after=60, recheck_in=60)
+
+    found = [o for batch in _race(4, take) for o in batch]
+    assert [(o.job_id, o.status) for o in found] == [(job_id, JobStatus.PENDING)]
+    assert take() == []
+
+
+def test_queued_job_past_its_deadline_is_expired(db: Stack) -> None:
+    job_id = _accept(request()).job_id
+    db.sql("UPDATE jobs SET deadline_at = now() - interval '1 second' WHERE id = :j", j=job_id)
+    with session_scope() as session:
+        assert jobs.claim_for_submit(session, 5) == []  # never admitted once past its deadline
+        assert jobs.expire_overdue(session) == [job_id]
+    with session_scope() as session:
+        view = jobs.view(session, job_id)
+    assert view is not None
+    assert view.error_code is ErrorCode.DEADLINE_EXCEEDED
+
+
+def test_cancel_refuses_a_job_whose_post_is_under_way(db: Stack) -> None:
+    queued = _accept(request()).job_id
+    sending = _accept(request()).job_id
+    with session_scope() as session:
+        done, status = jobs.cancel(session, queued)
+    assert (done, status) == (True, JobStatus.CANCELLED)
+    with session_scope() as session:
+        assert jobs.claim_for_submit(session, 5) == [sending]
+        jobs.begin_submit(session, sending, answer_within=30)
+    with session_scope() as session:
+        done, status = jobs.cancel(session, sending)
+    assert (done, status) == (False, JobStatus.SUBMITTING)
+    assert _status(sending) == "submitting"

@@ -9,6 +9,7 @@ All timestamps come from the database clock, so hosts with skewed clocks agree.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -51,6 +52,16 @@ ADMISSION_LOCK_KEY: Final = 0x1A6E6E01
 MAX_ERROR_MESSAGE: Final = 2000
 
 
+#: The Celery node running the current task; recorded on each event it writes.
+ACTOR: ContextVar[str | None] = ContextVar("imagegen_actor", default=None)
+
+
+def _event(job_id: str, old: str | None, new: str, detail: str | None = None) -> JobEvent:
+    return JobEvent(
+        job_id=job_id, from_status=old, to_status=new, detail=detail, worker=ACTOR.get()
+    )
+
+
 class IllegalTransitionError(ValueError):
     """A transition the state machine does not allow."""
 
@@ -90,7 +101,7 @@ def transition(
     ).first()
     if row is None:
         return None
-    session.add(JobEvent(job_id=job_id, from_status=row.old, to_status=to.value, detail=detail))
+    session.add(_event(job_id, row.old, to.value, detail))
     return JobStatus(row.old)
 
 
@@ -163,7 +174,7 @@ def accept(
         .returning(Job.id)
     ).first()
     if inserted is not None:
-        session.add(JobEvent(job_id=message_id, from_status=None, to_status=S.QUEUED.value))
+        session.add(_event(message_id, None, S.QUEUED.value))
         return Accepted(message_id, S.QUEUED, created=True)
     # Lost a race: either the same message ran twice at once, or the key is taken.
     existing = resolve(session, message_id)
@@ -200,9 +211,7 @@ def record_invalid(session: Session, job_id: str, message: str) -> Accepted:
     ).first()
     if inserted is not None:
         detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
-        session.add(
-            JobEvent(job_id=job_id, from_status=None, to_status=S.FAILED.value, detail=detail)
-        )
+        session.add(_event(job_id, None, S.FAILED.value, detail))
     return Accepted(job_id, S.FAILED, created=inserted is not None)
 
 
@@ -249,9 +258,7 @@ def claim_for_submit(session: Session, limit: int) -> list[str]:
             next_check_at=func.now(),
         )
     )
-    session.add_all(
-        JobEvent(job_id=i, from_status=S.QUEUED.value, to_status=S.SUBMITTING.value) for i in ids
-    )
+    session.add_all(_event(i, S.QUEUED.value, S.SUBMITTING.value) for i in ids)
     return ids
 
 

@@ -96,6 +96,8 @@ class JobEvent(Base):
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
+    # The Celery node that made the change (None for the CLI or a test).
+    worker: Mapped[str | None] = mapped_column(String(255))
 
 
 class JobImage(Base):

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import task_prerun, worker_process_init
 
 from api_schema import ErrorCode, ImageView, JobStatus, names
 
@@ -28,6 +28,12 @@ def _fresh_process(**_: Any) -> None:
     # Prefork children inherit the parent's pools; they must open their own.
     reset_engine()
     reset_runtime()
+
+
+@task_prerun.connect
+def _name_actor(task: Task | None = None, **_: Any) -> None:
+    # Events written by this task name the worker node that wrote them.
+    jobs.ACTOR.set(str(task.request.hostname) if task is not None else None)
 
 
 @app.task(name=names.GENERATE_TASK, bind=True)

@@ -191,3 +191,26 @@ def test_upstream_concurrency_429s_requeue_and_every_job_succeeds(live: Stack) -
     assert stats["max_concurrency"] == 1
     for body in bodies:
         assert len(_tasks_for(live, body["prompt"])) == 1
+
+
+def test_upstream_400_fails_rejected_and_is_not_retried(live: Stack) -> None:
+    live.sim_configure(faults={"submit_400": 1.0})
+    job_id = live.send(request())
+    job = live.wait_ended([job_id])[job_id]
+    assert job.status is JobStatus.FAILED
+    assert job.error_code is ErrorCode.UPSTREAM_REJECTED
+    assert "content moderation" in (job.error_message or "")
+    assert live.sim_stats()["submits_rejected"] == {"fault_400": 1}
+
+
+def test_insufficient_balance_fails_payment_and_others_still_run(live: Stack) -> None:
+    live.sim_configure(balance="0.0700")  # two images' worth
+    cheap = live.send(request(n=2))
+    jobs = live.wait_ended([cheap])
+    assert jobs[cheap].status is JobStatus.SUCCEEDED
+    broke = live.send(request())
+    job = live.wait_ended([broke])[broke]
+    assert job.status is JobStatus.FAILED
+    assert job.error_code is ErrorCode.UPSTREAM_PAYMENT
+    assert "Insufficient balance" in (job.error_message or "")
+    assert live.sim_stats()["submits_rejected"] == {"insufficient_balance": 1}

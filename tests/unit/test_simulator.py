@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -775,6 +776,11 @@ async def test_runtime_config_changes_faults(sim: Sim) -> None:
         {"faults": {"no_such_fault": 1}},
         {"public_base_url": "ftp://x"},
         {"price_per_image": "cheap"},
+        {"balance": "lots"},
+        {"balance": -1},
+        {"balance": True},
+        {"balance": "NaN"},
+        {"submit_400": 2},
     ],
 )
 async def test_runtime_config_rejects_bad_values(sim: Sim, changes: dict[str, Any]) -> None:
@@ -925,6 +931,226 @@ async def test_unlimited_rpm_headers(make_sim: SimFactory) -> None:
     assert int(response.headers["X-RateLimit-Remaining"]) > 0
 
 
+async def test_submit_400_fault(make_sim: SimFactory) -> None:
+    sim = await make_sim(rpm_limit=1, faults=Faults(submit_400=1.0))
+    response = await sim.submit(payload())
+    assert_error(
+        response,
+        400,
+        "Invalid parameters: parameter 'prompt' was rejected by content moderation",
+    )
+    assert_rate_headers(response)
+    assert (await sim.client.get("/_sim/tasks")).json()["tasks"] == []
+    # Validation comes first: a bad body gets its own 400 and draws no fault.
+    assert_error(
+        await sim.submit(payload(n=0)),
+        400,
+        "Value out of range: parameter 'n' must be between 1 and 9, got 0",
+    )
+    stats = await sim.stats()
+    assert stats["submits_rejected"] == {"fault_400": 1, "invalid": 1}
+    assert stats["faults_injected"] == {"submit_400": 1}
+    assert stats["submits_accepted"] == 0
+    # The fault comes before the rate window: with rpm_limit=1 the next submit still passes.
+    await sim.configure(submit_400=0)
+    assert (await sim.submit(payload())).status_code == 200
+
+
+async def test_submit_400_fault_precedes_concurrency_and_balance(make_sim: SimFactory) -> None:
+    sim = await make_sim(concurrency_limit=1, balance="0.0350")
+    await sim.created()
+    assert (await sim.submit(payload())).status_code == 429
+    await sim.configure(submit_400=1.0)
+    assert (await sim.submit(payload())).status_code == 400
+    await sim.configure(submit_400=0.0, concurrency_limit=0)
+    assert (await sim.submit(payload())).status_code == 402
+    await sim.configure(submit_400=1.0)
+    assert (await sim.submit(payload())).status_code == 400
+    assert (await sim.stats())["submits_rejected"] == {
+        "concurrency_limit": 1,
+        "fault_400": 2,
+        "insufficient_balance": 1,
+    }
+
+
+async def test_submit_400_fault_is_seeded(make_sim: SimFactory) -> None:
+    async def outcomes() -> list[int]:
+        sim = await make_sim(concurrency_limit=0, rpm_limit=0)
+        await sim.configure(faults={"submit_400": 0.5, "seed": 99})
+        return [(await sim.submit(payload())).status_code for _ in range(20)]
+
+    first, second = await outcomes(), await outcomes()
+    assert first == second
+    assert {200, 400} == set(first)
+
+
+# --------------------------------------------------------------------------------------
+# balance
+# --------------------------------------------------------------------------------------
+
+
+async def test_balance_is_reserved_at_submit_and_402_when_short(make_sim: SimFactory) -> None:
+    sim = await make_sim(balance="0.0700", concurrency_limit=0)
+    first = await sim.created(key=KEY_A)
+    assert (await sim.stats())["balance_remaining"] == {"team-a": "0.0350", "team-b": "0.0700"}
+
+    short = await sim.submit(payload(n=2), key=KEY_A)
+    assert_error(
+        short,
+        402,
+        "Insufficient balance: remaining balance 0.0350 is less than 0.0700 for 2 images",
+    )
+    assert_rate_headers(short)
+    second = await sim.created(key=KEY_A2)  # same team, shared balance; first still pending
+    assert_error(
+        await sim.submit(payload(), key=KEY_A),
+        402,
+        "Insufficient balance: remaining balance 0.0000 is less than 0.0350 for 1 image",
+    )
+    assert (await sim.submit(payload(n=2), key=KEY_B)).status_code == 200  # own balance
+
+    stats = await sim.stats()
+    assert stats["balance_remaining"] == {"team-a": "0.0000", "team-b": "0.0000"}
+    assert stats["submits_rejected"] == {"insufficient_balance": 2}
+    assert stats["submits_accepted"] == 3
+    team_a = (await sim.client.get("/_sim/tasks", params={"team": "team-a"})).json()["tasks"]
+    assert [t["task_id"] for t in team_a] == [first, second]
+
+    # Success does not charge again: billing reports the reserved amount.
+    for task_id in (first, second):
+        assert (await finish(sim, task_id))["billing"] == {
+            "status": "succeeded",
+            "amount": "0.0350",
+        }
+    assert (await sim.stats())["balance_remaining"]["team-a"] == "0.0000"
+    assert (await sim.submit(payload())).status_code == 402
+
+
+async def test_exact_balance_is_enough(make_sim: SimFactory) -> None:
+    sim = await make_sim(balance="0.1050", concurrency_limit=0)
+    assert (await sim.submit(payload(n=3))).status_code == 200
+    assert (await sim.stats())["balance_remaining"]["team-a"] == "0.0000"
+
+
+async def test_billing_reports_the_amount_reserved_at_submit(make_sim: SimFactory) -> None:
+    sim = await make_sim(balance="1.0000", concurrency_limit=0)
+    task_id = await sim.created(payload(n=2))
+    await sim.configure(price_per_image="0.5")
+    data = await finish(sim, task_id)
+    assert data["billing"] == {"status": "succeeded", "amount": "0.0700"}
+    assert (await sim.stats())["balance_remaining"]["team-a"] == "0.9300"
+    assert_error(
+        await sim.submit(payload(n=2)),
+        402,
+        "Insufficient balance: remaining balance 0.9300 is less than 1.0000 for 2 images",
+    )
+
+
+async def test_failed_task_is_refunded_when_it_ends(make_sim: SimFactory) -> None:
+    sim = await make_sim(balance="0.0350", faults=Faults(fail_task=1.0))
+    task_id = await sim.created()
+    sim.clock.advance(2.999)  # still processing: the cost stays reserved
+    assert (await sim.submit(payload())).status_code == 402
+    assert (await sim.stats())["balance_remaining"]["team-a"] == "0.0000"
+
+    sim.clock.advance(0.001)
+    data = (await sim.query(task_id)).json()["data"]
+    assert data["status"] == "failed"
+    assert set(data) == {"status", "task_id", "model_id", "error"}  # no billing: refunded
+    assert (await sim.stats())["balance_remaining"]["team-a"] == "0.0350"
+    await sim.configure(fail_task=0.0)
+    ok = await sim.created()
+    assert (await finish(sim, ok))["billing"]["amount"] == "0.0350"
+    assert (await sim.stats())["balance_remaining"]["team-a"] == "0.0000"
+
+
+async def test_rate_and_concurrency_checks_come_before_balance(make_sim: SimFactory) -> None:
+    sim = await make_sim(balance="0.0350", concurrency_limit=1, rpm_limit=3)
+    await sim.created()
+    assert_error(
+        await sim.submit(payload()),
+        429,
+        "Concurrent limit exceeded: 1 tasks pending or processing, team limit is 1",
+    )
+    sim.clock.advance(3.0)
+    assert (await sim.submit(payload())).status_code == 402
+    assert (await sim.submit(payload())).status_code == 429  # fourth request this minute
+    assert (await sim.submit(payload(n=0))).status_code == 400  # validation first
+    assert (await sim.stats())["submits_rejected"] == {
+        "concurrency_limit": 1,
+        "insufficient_balance": 1,
+        "rate_limit": 1,
+        "invalid": 1,
+    }
+
+
+async def test_concurrent_submits_cannot_overdraw(make_sim: SimFactory) -> None:
+    sim = await make_sim(balance="0.1050", concurrency_limit=0, rpm_limit=0)
+    await sim.configure(latency_ms=10)
+    gate = asyncio.Event()
+    waiting: list[float] = []
+
+    async def barrier_sleep(seconds: float) -> None:
+        # Every response is held here until all five submits are in flight at once.
+        waiting.append(seconds)
+        if len(waiting) == 5:
+            gate.set()
+        await gate.wait()
+
+    sim.app.sim.sleep = barrier_sleep
+    responses = await asyncio.gather(*(sim.submit(payload()) for _ in range(5)))
+    assert len(waiting) == 5
+    assert sorted(r.status_code for r in responses) == [200, 200, 200, 402, 402]
+    stats = await sim.stats()
+    assert stats["balance_remaining"]["team-a"] == "0.0000"
+    assert stats["tasks_total"] == 3
+
+
+async def test_balance_set_at_runtime_and_restored_by_reset(sim: Sim) -> None:
+    await sim.created()
+    stats = await sim.stats()
+    assert "balance_remaining" not in stats
+    assert "insufficient_balance" not in stats["submits_rejected"]
+
+    response = await sim.configure(balance=0.07)
+    assert response.status_code == 200
+    assert response.json()["balance"] == "0.0700"
+    # Setting the balance restarts every ledger: earlier spending no longer counts.
+    assert (await sim.stats())["balance_remaining"] == {"team-a": "0.0700", "team-b": "0.0700"}
+    await sim.created(payload(n=2))
+    assert (await sim.submit(payload())).status_code == 402
+
+    assert (await sim.client.post("/_sim/reset")).status_code == 200
+    assert (await sim.client.get("/_sim/config")).json()["balance"] == "0.0700"
+    stats = await sim.stats()
+    assert stats["balance_remaining"] == {"team-a": "0.0700", "team-b": "0.0700"}
+    assert stats["submits_rejected"] == {}
+    await sim.created(payload(n=2))
+    assert (await sim.submit(payload())).status_code == 402
+
+    await sim.configure(balance="0.0350")
+    assert (await sim.stats())["balance_remaining"]["team-a"] == "0.0350"
+    await sim.created()
+
+    response = await sim.configure(balance=None)
+    assert response.json()["balance"] is None
+    assert (await sim.submit(payload(n=9))).status_code == 200
+    assert "balance_remaining" not in await sim.stats()
+
+
+async def test_balance_in_open_mode_lists_seen_teams(make_sim: SimFactory) -> None:
+    sim = await make_sim(keys={}, balance="0.0350")
+    assert (await sim.stats())["balance_remaining"] == {}
+    await sim.created(key="token-one")
+    assert_error(
+        await sim.submit(payload(), key="token-one"),
+        402,
+        "Insufficient balance: remaining balance 0.0000 is less than 0.0350 for 1 image",
+    )
+    assert (await sim.submit(payload(), key="token-two")).status_code == 200
+    assert sorted((await sim.stats())["balance_remaining"].values()) == ["0.0000", "0.0000"]
+
+
 # --------------------------------------------------------------------------------------
 # /_sim
 # --------------------------------------------------------------------------------------
@@ -982,6 +1208,8 @@ def test_config_from_env() -> None:
             "SIM_FAULT_SUBMIT_503": "0.25",
             "SIM_FAULT_LATENCY_MS": "15",
             "SIM_FAULT_SEED": "9",
+            "SIM_BALANCE": "0.07",
+            "SIM_FAULT_SUBMIT_400": "0.125",
         }
     )
     assert config.keys == {"k1": "team1", "k2": "team1", "k3": "team3"}
@@ -993,12 +1221,23 @@ def test_config_from_env() -> None:
     assert config.faults.submit_503 == 0.25
     assert config.faults.latency_ms == 15.0
     assert config.faults.seed == 9
+    assert config.balance == "0.0700"
+    assert config.faults.submit_400 == 0.125
     assert SimConfig.from_env({}) == SimConfig()
+    assert SimConfig().balance is None
+    assert SimConfig.from_env({"SIM_BALANCE": "unlimited"}).balance is None
+    assert SimConfig.from_env({"SIM_BALANCE": "0"}).balance == "0.0000"
 
 
 @pytest.mark.parametrize(
     "env",
-    [{"SIM_RPM": "lots"}, {"SIM_FAULT_FAIL_TASK": "2"}, {"SIM_KEYS": "k1="}],
+    [
+        {"SIM_RPM": "lots"},
+        {"SIM_FAULT_FAIL_TASK": "2"},
+        {"SIM_KEYS": "k1="},
+        {"SIM_BALANCE": "-0.01"},
+        {"SIM_FAULT_SUBMIT_400": "1.5"},
+    ],
 )
 def test_config_from_env_rejects_bad_values(env: dict[str, str]) -> None:
     with pytest.raises(ValueError, match=r"SIM_KEYS|field"):

@@ -3,6 +3,7 @@ processes, each started as its own OS process exactly as an operator would run t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from api_schema import GENERATE_TASK, REQUESTS_QUEUE, JobView
 from api_schema.producer import producer_app
+from simulator.config import Faults
 from worker.procs import Proc, Supervisor, free_port, imagegen_argv
 
 API_KEY = "mdlx-testkey-SECRET-0123456789abcdef"
@@ -47,20 +49,9 @@ SIM_DEFAULTS: dict[str, Any] = {
     "pending_seconds": 0.2,
     "processing_seconds": 0.4,
     "result_ttl_seconds": 3600,
-    "faults": {
-        "submit_500": 0,
-        "submit_503": 0,
-        "query_500": 0,
-        "query_503": 0,
-        "rate_burst_429": 0,
-        "latency_ms": 0,
-        "hang_probability": 0,
-        "hang_seconds": 0,
-        "drop_after_create": 0,
-        "malformed_json": 0,
-        "fail_task": 0,
-        "seed": None,
-    },
+    "balance": None,
+    # every knob off, derived from the simulator itself so a new knob cannot leak between tests
+    "faults": dataclasses.asdict(Faults()),
 }
 
 

@@ -1,0 +1,415 @@
+"""The container setup: docker-compose.yml as Compose resolves it, the Dockerfile, .dockerignore.
+
+No Docker engine is needed: ``docker-compose config`` (Debian's 1.29, installed by
+``make tools``) validates and resolves the file offline. None of the session fixtures
+from conftest.py are used, so no service is started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import typer
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+SERVICES = {"redis", "postgres", "migrate", "simulator", "worker", "beat", "flower"}
+APP_SERVICES = SERVICES - {"redis", "postgres"}
+FLOWER_AUTH = "tester:not-a-real-password"
+# Variables a developer's shell may hold that would change what the file resolves to.
+_CLEARED_PREFIXES = ("IMAGEGEN_", "MODELLIX_", "SIM_", "COMPOSE_", "POSTGRES_")
+
+
+def _yaml() -> ModuleType:
+    try:
+        import yaml
+    except ImportError:
+        pytest.fail("PyYAML is missing: add pyyaml to the dev dependency group (uv add --dev pyyaml)")
+    return yaml
+
+
+def _compose_binary() -> str:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail(
+            "docker-compose is not installed; `make tools` installs it (Debian's docker-compose, "
+            "used offline to validate docker-compose.yml)"
+        )
+    return binary
+
+
+@dataclass
+class Compose:
+    """Runs ``docker-compose config`` with a controlled environment and no .env file."""
+
+    binary: str
+    env_file: Path
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(_CLEARED_PREFIXES)}
+        clean.update(env)
+        command = [self.binary, "--env-file", str(self.env_file), "-f", str(COMPOSE_FILE)]
+        return subprocess.run(
+            [*command, *args],
+            cwd=ROOT,
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def config(self, *args: str, **env: str) -> dict[str, Any]:
+        result = self.run("config", *args, **env)
+        assert result.returncode == 0, (
+            f"docker-compose config failed:\n{result.stderr}\n{result.stdout}"
+        )
+        loaded = _yaml().safe_load(result.stdout)
+        assert isinstance(loaded, dict), result.stdout
+        return loaded
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory: pytest.TempPathFactory) -> Compose:
+    binary = _compose_binary()
+    env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+    env_file.write_text("")
+    return Compose(binary, env_file)
+
+
+@pytest.fixture(scope="module")
+def config(compose: Compose) -> dict[str, Any]:
+    """The resolved file, as `docker compose up` would see it with only the auth variable set."""
+    return compose.config(IMAGEGEN_FLOWER_BASIC_AUTH=FLOWER_AUTH)
+
+
+@pytest.fixture(scope="module")
+def services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = config["services"]
+    return found
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def _healthcheck(service: dict[str, Any]) -> str:
+    test = service.get("healthcheck", {}).get("test")
+    assert test, "no healthcheck"
+    return test if isinstance(test, str) else " ".join(str(t) for t in test)
+
+
+def _conditions(service: dict[str, Any]) -> dict[str, str]:
+    depends = service.get("depends_on", {})
+    assert isinstance(depends, dict), f"depends_on without conditions: {depends}"
+    return {name: spec["condition"] for name, spec in depends.items()}
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+# --- docker-compose.yml ---------------------------------------------------------------------
+
+
+def test_compose_file_is_valid_and_has_every_service(services: dict[str, dict[str, Any]]) -> None:
+    assert SERVICES <= services.keys(), f"missing: {sorted(SERVICES - services.keys())}"
+
+
+def test_redis_and_postgres_are_healthchecked_and_persistent(
+    config: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    redis, postgres = services["redis"], services["postgres"]
+    assert "redis-cli ping" in _healthcheck(redis)
+    assert "pg_isready" in _healthcheck(postgres)
+    assert "--appendonly yes" in " ".join(_command(redis))
+    assert postgres["image"].startswith("postgres:16")
+    for name, target in (("redis", "/data"), ("postgres", "/var/lib/postgresql/data")):
+        sources = {
+            v.split(":")[0] for v in services[name].get("volumes", []) if v.split(":")[1] == target
+        }
+        assert sources & set(config.get("volumes", {})), f"{name} has no named volume on {target}"
+
+
+def test_migrate_is_a_one_shot_db_upgrade_after_postgres(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    migrate = services["migrate"]
+    assert _command(migrate) == ["db", "upgrade"]
+    assert migrate.get("restart") == "no"
+    assert _conditions(migrate) == {"postgres": "service_healthy"}
+
+
+def test_worker_and_beat_start_after_their_dependencies(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    worker = _conditions(services["worker"])
+    assert worker.get("redis") == "service_healthy"
+    assert worker.get("simulator") == "service_healthy"
+    # Postgres is reached through the migration, which itself waits for postgres to be healthy.
+    assert worker.get("migrate") == "service_completed_successfully"
+    assert worker.get("postgres", "service_healthy") == "service_healthy"
+    beat = _conditions(services["beat"])
+    assert beat.get("redis") == "service_healthy"
+    assert beat.get("migrate") == "service_completed_successfully"
+    assert _conditions(services["flower"]).get("redis") == "service_healthy"
+    assert "/_sim/health" in _healthcheck(services["simulator"])
+
+
+def test_worker_can_be_scaled(
+    config: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker
+    assert not worker.get("ports"), "host ports would clash between worker replicas"
+    storage = _environment(worker)["IMAGEGEN_STORAGE_DIR"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in worker.get("volumes", [])}
+    assert mounts.get(storage) == "images" and "images" in config.get("volumes", {})
+    beat = services["beat"]
+    assert beat.get("deploy", {}).get("replicas", 1) == 1, "exactly one beat"
+
+
+def test_app_services_share_one_image_built_from_the_dockerfile(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    images = {services[name].get("image") for name in APP_SERVICES}
+    assert len(images) == 1 and None not in images, images
+    for name in APP_SERVICES:
+        build = services[name].get("build")
+        assert build, f"{name} has no build: a missing image would be pulled, not built"
+        context = build if isinstance(build, str) else build["context"]
+        dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        assert Path(context).resolve() == ROOT and dockerfile == "Dockerfile", build
+
+
+def test_app_services_run_real_imagegen_commands(services: dict[str, dict[str, Any]]) -> None:
+    from worker.cli import app
+
+    root = typer.main.get_command(app)
+    for name in sorted(APP_SERVICES):
+        argv = _command(services[name])
+        command: click.Command = root
+        rest = list(argv)
+        while isinstance(command, click.Group) and rest and rest[0] in command.commands:
+            command = command.commands[rest.pop(0)]
+        assert command is not root and not isinstance(command, click.Group), (
+            f"{name}: `imagegen {' '.join(argv)}` is not an imagegen command"
+        )
+        known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+        unknown = [a for a in rest if a.startswith("-") and a.split("=")[0] not in known]
+        assert not unknown, f"{name}: `imagegen {' '.join(argv)}` has unknown options {unknown}"
+
+
+def test_services_reach_each_other_by_service_name(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from simulator.app import create_app
+    from simulator.config import SimConfig
+
+    for name in APP_SERVICES - {"simulator"}:
+        env = _environment(services[name])
+        assert urlsplit(env["IMAGEGEN_DATABASE_URL"]).hostname == "postgres", name
+        assert urlsplit(env["IMAGEGEN_BROKER_URL"]).hostname == "redis", name
+        assert env["MODELLIX_BASE_URL"] == "http://simulator:8900", name
+    simulator = services["simulator"]
+    assert _environment(simulator)["SIM_PUBLIC_BASE_URL"] == "http://simulator:8900"
+    assert _command(simulator)[:3] == ["simulator", "--host", "0.0.0.0"]
+    routes = {getattr(r, "path", None) for r in create_app(SimConfig()).routes}
+    assert "/_sim/health" in routes, "the simulator healthcheck probes a route that is gone"
+
+
+def test_flower_requires_basic_auth(compose: Compose, services: dict[str, dict[str, Any]]) -> None:
+    flower = services["flower"]
+    assert _environment(flower)["IMAGEGEN_FLOWER_BASIC_AUTH"] == FLOWER_AUTH
+    assert any(str(p).split("/")[0].endswith(":5555") for p in flower.get("ports", []))
+    assert _command(flower)[:3] == ["flower", "--address", "0.0.0.0"]
+
+    missing = compose.run("config", "--quiet")
+    assert missing.returncode != 0, "config passed without IMAGEGEN_FLOWER_BASIC_AUTH"
+    assert "IMAGEGEN_FLOWER_BASIC_AUTH" in missing.stderr + missing.stdout
+
+
+def test_modellix_api_key_is_not_hard_coded(compose: Compose) -> None:
+    raw = compose.config("--no-interpolate")["services"]
+    holders = [n for n, s in raw.items() if "MODELLIX_API_KEY" in _environment(s)]
+    assert holders, "no service gets MODELLIX_API_KEY"
+    for name in holders:
+        value = _environment(raw[name])["MODELLIX_API_KEY"]
+        assert re.fullmatch(r"\$\{MODELLIX_API_KEY(:?-[^}]*)?\}", value), (
+            f"{name}: MODELLIX_API_KEY must come from the environment, not {value!r}"
+        )
+
+    default = compose.config(IMAGEGEN_FLOWER_BASIC_AUTH=FLOWER_AUTH)["services"]
+    for name in holders:
+        fallback = _environment(default[name])["MODELLIX_API_KEY"]
+        # A real key is long and random; the simulator placeholder is plain words.
+        assert re.fullmatch(r"[a-z]+(-[a-z]+)*", fallback) and len(fallback) <= 32, fallback
+
+    real = "mx-0123456789abcdef0123456789abcdef"
+    passed = compose.config(IMAGEGEN_FLOWER_BASIC_AUTH=FLOWER_AUTH, MODELLIX_API_KEY=real)
+    for name in holders:
+        assert _environment(passed["services"][name])["MODELLIX_API_KEY"] == real
+
+
+# --- Dockerfile and .dockerignore -------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One FROM ... section of the Dockerfile."""
+
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def last(self, keyword: str) -> str | None:
+        found = [args for kw, args in self.instructions if kw == keyword]
+        return found[-1] if found else None
+
+
+def _dockerfile_stages() -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages, continuation lines joined, comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        if (pending + line).strip():
+            logical.append((pending + line).strip())
+        pending = ""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for text in logical:
+        keyword, _, rest = text.partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "FROM":
+            image = rest.split()[0]
+            base = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), image)
+            stages.append(Stage(base))
+        elif not stages and keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif stages:
+            stages[-1].instructions.append((keyword, rest))
+    return args, stages
+
+
+def _exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list), f"use the exec (JSON) form: {args}"
+    return [str(v) for v in value]
+
+
+def _copy_sources(args: str) -> tuple[dict[str, str], list[str]]:
+    words = _exec_form(args) if args.startswith("[") else shlex.split(args)
+    flags = dict(w[2:].partition("=")[::2] for w in words if w.startswith("--"))
+    paths = [w for w in words if not w.startswith("--")]
+    return flags, paths[:-1]
+
+
+def _dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    rules = []
+    for line in DOCKERIGNORE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        regex, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            elif pattern[i] == "[":
+                end = pattern.index("]", i)
+                regex, i = regex + pattern[i : end + 1].replace("[!", "[^"), end + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((negated, re.compile(regex + r"\Z")))
+    return rules
+
+
+def _ignored(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents wins."""
+    pure = PurePosixPath(path)
+    candidates = [str(pure), *(str(p) for p in pure.parents if str(p) != ".")]
+    ignored = False
+    for negated, regex in rules:
+        if any(regex.match(c) for c in candidates):
+            ignored = not negated
+    return ignored
+
+
+def test_dockerfile_runtime_stage() -> None:
+    _, stages = _dockerfile_stages()
+    assert len(stages) >= 2, "expected a multi-stage build"
+    assert all(s.base.startswith("python:3.11-slim") for s in stages), [s.base for s in stages]
+    final = stages[-1]
+    entrypoint, cmd, user = final.last("ENTRYPOINT"), final.last("CMD"), final.last("USER")
+    assert entrypoint and _exec_form(entrypoint) == ["imagegen"]
+    assert cmd and _exec_form(cmd) == ["worker"]
+    assert user, "the runtime stage must switch to a non-root USER"
+    assert user.split(":")[0] not in {"root", "0"}, f"USER {user} is root"
+    env = " ".join(args for kw, args in final.instructions if kw == "ENV")
+    assert "PYTHONUNBUFFERED=1" in env
+
+
+def test_dockerfile_installs_the_lock_without_dev_dependencies() -> None:
+    _, stages = _dockerfile_stages()
+    runs = [args for stage in stages for kw, args in stage.instructions if kw == "RUN"]
+    syncs = [r for r in runs if "uv sync" in r]
+    assert syncs and all("--frozen" in r and "--no-dev" in r for r in syncs), syncs
+    assert any(re.search(r"uv==\d+\.\d+\.\d+", r) for r in runs), "pin the uv version"
+
+
+def test_dockerfile_copies_only_existing_paths_that_reach_the_build_context() -> None:
+    _, stages = _dockerfile_stages()
+    rules = _dockerignore_rules()
+    checked = 0
+    for stage in stages:
+        for keyword, args in stage.instructions:
+            if keyword not in {"COPY", "ADD"}:
+                continue
+            flags, sources = _copy_sources(args)
+            if "from" in flags:
+                continue
+            for source in sources:
+                path = source.removeprefix("./").rstrip("/") or "."
+                assert (ROOT / path).exists(), f"{keyword} {source}: no such path in the repo"
+                assert not _ignored(path, rules), f"{keyword} {source}: .dockerignore drops it"
+                checked += 1
+    assert checked, "no COPY of repository files found"
+
+
+def test_dockerfile_and_context_hold_no_secrets() -> None:
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^\s*(ENV|ARG)\b.*MODELLIX_API_KEY", text, re.MULTILINE)
+    rules = _dockerignore_rules()
+    for secret in (".env", ".git", ".venv", "demo-output"):
+        assert _ignored(secret, rules), f".dockerignore lets {secret} into the build context"

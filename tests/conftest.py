@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Stack, apply_env, create_stack, drop_database, redis_client
+from tests.harness import Stack, create_stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A fresh database (migrated), a flushed Redis db and a running simulator."""
-    from worker.dbadmin import upgrade
-
-    st = create_stack(tmp_path_factory.mktemp("stack"))
-    apply_env(st.env())
-    redis_client().ping()  # fails loudly here when Redis is down (make test starts it)
-    redis_client().flushdb()
-    upgrade(st.database_url)
+    st = create_stack(
+        tmp_path_factory.mktemp("stack"), int(os.environ.get("IMAGEGEN_TEST_REDIS_DB", "9"))
+    )
+    st.prepare()  # fails loudly here when Redis or PostgreSQL is down (make test starts them)
     st.start_sim()
+    st.sim_reset()
     try:
         yield st
     finally:
-        st.sup.stop_all()
-        from worker.db import reset_engine
-
-        reset_engine()
-        drop_database(st.database_url)
+        st.close()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +38,7 @@ def worker_stack(stack: Stack) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def live(worker_stack: Stack) -> Iterator[Stack]:
+def live(worker_stack: Stack) -> Stack:
     """A running worker and a clean slate: no jobs, no messages, simulator reset."""
     worker_stack.clean()
     return worker_stack

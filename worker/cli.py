@@ -24,6 +24,13 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+bench_app = typer.Typer(
+    help="Benchmarks: each starts its own simulator, database and workers, prints a table "
+    "and writes JSON.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+BenchOutput = Annotated[Path, typer.Option(help="Folder for the JSON results.")]
 out = Console()
 err = Console(stderr=True)
 
@@ -313,6 +320,61 @@ def demo(
     from .demo import run_demo
 
     raise typer.Exit(run_demo(timeout=timeout, output=output, console=out))
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    jobs: Annotated[int, typer.Option(help="Jobs (and no-op tasks) to run.")] = 2000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads per worker.")] = 16,
+    output: BenchOutput = Path("bench-results"),
+) -> None:
+    """Jobs/s end to end against a zero-latency unlimited upstream, vs a no-op Celery task."""
+    from bench.scenarios import throughput
+
+    throughput(out, output, jobs=jobs, workers=workers, threads=threads)
+
+
+@bench_app.command("inflight")
+def bench_inflight(
+    jobs: Annotated[int, typer.Option(help="Jobs submitted at once.")] = 3000,
+    duration: Annotated[float, typer.Option(help="Upstream seconds per task.")] = 30.0,
+    naive_jobs: Annotated[int, typer.Option(help="Jobs for the naive design.")] = 64,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads per worker.")] = 16,
+    output: BenchOutput = Path("bench-results"),
+) -> None:
+    """Upstream tasks kept in flight, detection lag, polls and memory; vs GET+sleep loops."""
+    from bench.scenarios import inflight
+
+    inflight(
+        out, output, jobs=jobs, duration=duration, naive_jobs=naive_jobs, workers=workers,
+        threads=threads,
+    )  # fmt: skip
+
+
+@bench_app.command("utilization")
+def bench_utilization(
+    jobs: Annotated[int, typer.Option(help="Backlog size.")] = 60,
+    limit: Annotated[int, typer.Option(help="Upstream concurrency limit.")] = 3,
+    duration: Annotated[float, typer.Option(help="Upstream seconds per task.")] = 2.0,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 3,
+    output: BenchOutput = Path("bench-results"),
+) -> None:
+    """How busy a backlog keeps the paid upstream slots (makespan vs ideal, idle, 429s)."""
+    from bench.scenarios import utilization
+
+    utilization(out, output, jobs=jobs, limit=limit, duration=duration, workers=workers)
+
+
+@bench_app.command("all")
+def bench_all(output: BenchOutput = Path("bench-results")) -> None:
+    """Every scenario with its defaults."""
+    from bench.scenarios import inflight, throughput, utilization
+
+    throughput(out, output)
+    utilization(out, output)
+    inflight(out, output)
 
 
 def main() -> None:

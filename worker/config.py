@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
 
-    upstream_concurrency: int = Field(default=3, ge=1, le=1000)
+    upstream_concurrency: int = Field(default=3, ge=1, le=100_000)
     upstream_rpm: int = Field(default=100, ge=0, description="0 disables the shared limiter.")
 
     poll_initial_seconds: float = Field(

@@ -30,6 +30,7 @@ class Runtime:
     upstream: ModellixClient
     downloads: httpx.Client
     gate: UpstreamGate
+    redis: Redis
 
     def close(self) -> None:
         """Close the connection pools."""
@@ -61,6 +62,7 @@ def build_runtime(settings: Settings) -> Runtime:
     key = settings.modellix_api_key
     if key is None or not key.get_secret_value().strip():
         raise ConfigurationError("MODELLIX_API_KEY is not set")
+    redis = Redis.from_url(settings.limiter_redis_url, socket_timeout=10)
     return Runtime(
         settings=settings,
         upstream=ModellixClient(
@@ -74,8 +76,6 @@ def build_runtime(settings: Settings) -> Runtime:
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
             follow_redirects=True,
         ),
-        gate=UpstreamGate(
-            Redis.from_url(settings.limiter_redis_url, socket_timeout=10),
-            rpm=settings.upstream_rpm,
-        ),
+        gate=UpstreamGate(redis, rpm=settings.upstream_rpm),
+        redis=redis,
     )

@@ -21,6 +21,7 @@ from .storage import StorageError, store_image
 
 log = logging.getLogger("imagegen.tasks")
 MAX_JOB_ID = 64
+NOOP_TASK = "imagegen.noop"
 
 
 @worker_process_init.connect
@@ -273,3 +274,10 @@ def sweep() -> dict[str, int]:
     if any(result.values()):
         log.info("sweep: %s", result)
     return result
+
+
+@app.task(name=NOOP_TASK)
+def noop(counter: str | None = None) -> None:
+    """Does nothing but count itself: the baseline of ``imagegen bench throughput``."""
+    if counter:
+        get_runtime().redis.incr(counter)

@@ -133,7 +133,7 @@ def test_task_forgotten_upstream_fails_not_found(live: Stack) -> None:
     job_id = live.send(request())
     live.wait_status(job_id, {"pending"})
     # the job is pending upstream; now the upstream forgets it
-    assert live._http.post(f"{live.sim_url}/_sim/reset").status_code == 200
+    assert live.http.post(f"{live.sim_url}/_sim/reset").status_code == 200
     job = live.wait_ended([job_id])[job_id]
     assert job.status is JobStatus.FAILED
     assert job.error_code is ErrorCode.UPSTREAM_NOT_FOUND

@@ -40,8 +40,10 @@ def make_app() -> Celery:
             names.POLL_TASK: {"queue": names.UPSTREAM_QUEUE},
             names.SWEEP_TASK: {"queue": names.MAINTENANCE_QUEUE},
         },
+        # Workers emit task events for Flower; "sent" events on every publish are left off,
+        # they double the broker traffic of each retry and countdown.
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         worker_max_tasks_per_child=None,
         beat_schedule={

@@ -18,7 +18,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from api_schema import (
     ErrorCode,
@@ -29,7 +29,7 @@ from api_schema import (
     describe_validation_error,
 )
 
-from .models import Job, JobAlias, JobEvent, JobImage
+from .models import DISPATCH_GENERATION, Job, JobAlias, JobEvent, JobImage
 
 S = JobStatus
 #: Legal transitions, as data. Anything else is refused.
@@ -143,11 +143,8 @@ def accept(
     """Validate one request and record it as a queued job, or as a failed one if invalid.
 
     A redelivered message (same id) and a reused idempotency key both return the existing
-    job and create nothing new.
+    job and create nothing new. The insert comes first: a new job costs one statement.
     """
-    existing = resolve(session, message_id)
-    if existing is not None:
-        return Accepted(existing.id, JobStatus(existing.status), created=False)
     try:
         if not isinstance(raw, dict):
             raise TypeError(type(raw).__name__)
@@ -155,8 +152,7 @@ def accept(
     except ValidationError as exc:
         return record_invalid(session, message_id, describe_validation_error(exc))
     except TypeError as exc:
-        message = f"request: must be a JSON object, got {exc}"
-        return record_invalid(session, message_id, message)
+        return record_invalid(session, message_id, f"request: must be a JSON object, got {exc}")
     deadline = request.deadline_seconds or default_deadline_seconds
     inserted = session.execute(
         insert(Job)
@@ -176,7 +172,7 @@ def accept(
     if inserted is not None:
         session.add(_event(message_id, None, S.QUEUED.value))
         return Accepted(message_id, S.QUEUED, created=True)
-    # Lost a race: either the same message ran twice at once, or the key is taken.
+    # A redelivery, the same message running twice at once, or the key is taken.
     existing = resolve(session, message_id)
     if existing is None and request.idempotency_key is not None:
         existing = session.scalars(
@@ -194,6 +190,7 @@ def accept(
 
 
 def record_invalid(session: Session, job_id: str, message: str) -> Accepted:
+    """Record a request that cannot be run as a failed ``invalid_request`` job."""
     message = message[:MAX_ERROR_MESSAGE]
     inserted = session.execute(
         insert(Job)
@@ -212,31 +209,61 @@ def record_invalid(session: Session, job_id: str, message: str) -> Accepted:
     if inserted is not None:
         detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
         session.add(_event(job_id, None, S.FAILED.value, detail))
-    return Accepted(job_id, S.FAILED, created=inserted is not None)
+        return Accepted(job_id, S.FAILED, created=True)
+    existing = resolve(session, job_id)  # a redelivery: report what the job became
+    if existing is None:
+        return Accepted(job_id, S.FAILED, created=False)
+    return Accepted(existing.id, JobStatus(existing.status), created=False)
 
 
-def resolve(session: Session, job_id: str) -> Job | None:
+def resolve(session: Session, job_id: str, *, with_images: bool = False) -> Job | None:
     """The job ``job_id`` names, following an idempotency alias."""
-    job = session.get(Job, job_id)
+    options = [selectinload(Job.images)] if with_images else []
+    job = session.get(Job, job_id, options=options)
     if job is not None:
         return job
     alias = session.get(JobAlias, job_id)
-    return session.get(Job, alias.job_id) if alias is not None else None
+    return session.get(Job, alias.job_id, options=options) if alias is not None else None
 
 
-def claim_for_submit(session: Session, limit: int) -> list[str]:
+def announce_change(session: Session) -> None:
+    """Tell the admission dispatcher that a slot or a queued job may have appeared.
+
+    Call it after the change is committed: sequences are not transactional, so the
+    dispatcher holding the lock sees the bump at once and makes another pass.
+    """
+    session.execute(select(DISPATCH_GENERATION.next_value()))
+
+
+def dispatch_generation(session: Session) -> int:
+    """How many changes have been announced so far."""
+    # before its first nextval a sequence shows last_value 1 too: is_called tells them apart
+    value = session.scalar(
+        text(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+            "FROM imagegen_dispatch_generation"
+        )
+    )
+    return int(value or 0)
+
+
+def claim_for_submit(session: Session, limit: int) -> tuple[list[str], int] | None:
     """Admit queued jobs into free upstream slots; return their ids (now ``submitting``).
 
     Serialised by a transaction-level advisory lock, so the count of slot holders and the
-    claim are one atomic step across every worker. Most urgent first, then oldest.
+    claim are one atomic step across every worker. Most urgent first, then oldest. Returns
+    None, without waiting, when another worker holds the lock; with the ids, the dispatch
+    generation read under the lock, so the caller can tell whether anything changed since.
     """
-    session.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY)))
+    if not session.scalar(select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK_KEY))):
+        return None
+    generation = dispatch_generation(session)
     holding = session.scalar(
         select(func.count()).select_from(Job).where(Job.status.in_([s.value for s in HOLDING_SLOT]))
     )
     free = limit - int(holding or 0)
     if free <= 0:
-        return []
+        return [], generation
     ids = list(
         session.scalars(
             select(Job.id)
@@ -247,7 +274,7 @@ def claim_for_submit(session: Session, limit: int) -> list[str]:
         )
     )
     if not ids:
-        return []
+        return [], generation
     session.execute(
         update(Job)
         .where(Job.id.in_(ids))
@@ -259,7 +286,7 @@ def claim_for_submit(session: Session, limit: int) -> list[str]:
         )
     )
     session.add_all(_event(i, S.QUEUED.value, S.SUBMITTING.value) for i in ids)
-    return ids
+    return ids, generation
 
 
 def begin_submit(session: Session, job_id: str, *, answer_within: float) -> dict[str, Any] | None:
@@ -427,7 +454,7 @@ def cancel(session: Session, job_id: str) -> tuple[bool, JobStatus | None]:
 
 def view(session: Session, job_id: str) -> JobView | None:
     """The JobView of ``job_id`` (following an idempotency alias)."""
-    job = resolve(session, job_id)
+    job = resolve(session, job_id, with_images=True)
     if job is None:
         return None
     return JobView(

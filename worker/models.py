@@ -13,6 +13,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    Sequence,
     SmallInteger,
     String,
     Text,
@@ -64,7 +65,7 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
 
     images: Mapped[list[JobImage]] = relationship(
-        order_by="JobImage.index", cascade="all, delete-orphan", lazy="selectin"
+        order_by="JobImage.index", cascade="all, delete-orphan", lazy="raise"
     )
 
     __table_args__ = (
@@ -83,6 +84,11 @@ class Job(Base):
             postgresql_where=text("status IN ('queued','submitting','pending','processing')"),
         ),
     )
+
+
+#: Bumped (outside any transaction) after every change that may let a queued job in; the
+#: dispatcher holding the admission lock rereads it to know whether to make another pass.
+DISPATCH_GENERATION = Sequence("imagegen_dispatch_generation", metadata=Base.metadata)
 
 
 class JobEvent(Base):

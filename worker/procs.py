@@ -17,6 +17,16 @@ from typing import IO
 import httpx
 
 
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM when the process that started it dies, so a killed test
+    # run or benchmark never leaves workers consuming from its Redis db.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on right now."""
     with socket.socket() as sock:
@@ -90,6 +100,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         proc = Proc(name, popen, log_path, log)
         self.procs.append(proc)

@@ -69,13 +69,27 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
 
 
 def dispatch() -> list[str]:
-    """Admit queued jobs into free upstream slots and send their submits."""
-    runtime = get_runtime()
+    """Admit queued jobs into free upstream slots and send their submits.
+
+    Never waits for another dispatcher: it announces the change first, so whoever holds
+    the admission lock sees it and makes another pass.
+    """
+    limit = get_runtime().settings.upstream_concurrency
+    admitted: list[str] = []
     with session_scope() as session:
-        admitted = jobs.claim_for_submit(session, runtime.settings.upstream_concurrency)
-    for job_id in admitted:
-        submit.apply_async((job_id,))
-    return admitted
+        jobs.announce_change(session)
+    while True:
+        with session_scope() as session:
+            claim = jobs.claim_for_submit(session, limit)
+        if claim is None:
+            return admitted  # the lock holder will see our announcement
+        ids, generation = claim
+        for job_id in ids:
+            submit.apply_async((job_id,))
+        admitted += ids
+        with session_scope() as session:
+            if jobs.dispatch_generation(session) == generation:
+                return admitted
 
 
 @app.task(name=names.SUBMIT_TASK, bind=True, max_retries=None)

@@ -30,6 +30,12 @@ def _accept(body: object, job_id: str | None = None) -> jobs.Accepted:
         return jobs.accept(session, job_id or str(uuid.uuid4()), body, default_deadline_seconds=600)
 
 
+def _claim(limit: int) -> list[str]:
+    with session_scope() as session:
+        claim = jobs.claim_for_submit(session, limit)
+    return claim[0] if claim else []
+
+
 def _race(n: int, fn: Callable[[], T]) -> list[T]:
     """Run ``fn`` in ``n`` threads released at the same moment."""
     barrier = threading.Barrier(n)
@@ -78,8 +84,7 @@ def test_admission_never_exceeds_the_limit_under_concurrent_claims(db: Stack) ->
         _accept(request())
 
     def claim() -> list[str]:
-        with session_scope() as session:
-            return jobs.claim_for_submit(session, 3)
+        return _claim(3)
 
     claimed = [i for batch in _race(6, claim) for i in batch]
     assert len(claimed) == 3
@@ -99,8 +104,7 @@ def test_admission_order_is_priority_then_age(db: Stack) -> None:
         ids[label] = _accept(request(priority=priority)).job_id
     order = []
     for _ in range(5):
-        with session_scope() as session:
-            (admitted,) = jobs.claim_for_submit(session, 1)
+        (admitted,) = _claim(1)
         order.append(next(k for k, v in ids.items() if v == admitted))
         with session_scope() as session:
             jobs.fail(session, admitted, ErrorCode.UPSTREAM_REJECTED, "done")
@@ -109,8 +113,7 @@ def test_admission_order_is_priority_then_age(db: Stack) -> None:
 
 def test_a_post_is_started_once_however_many_messages_ask(db: Stack) -> None:
     job_id = _accept(request()).job_id
-    with session_scope() as session:
-        assert jobs.claim_for_submit(session, 5) == [job_id]
+    assert _claim(5) == [job_id]
 
     def begin() -> object:
         with session_scope() as session:
@@ -123,8 +126,8 @@ def test_a_post_is_started_once_however_many_messages_ask(db: Stack) -> None:
 
 def test_duplicate_poll_messages_are_dropped_by_sequence(db: Stack) -> None:
     job_id = _accept(request()).job_id
+    assert _claim(1) == [job_id]
     with session_scope() as session:
-        jobs.claim_for_submit(session, 1)
         jobs.begin_submit(session, job_id, answer_within=30)
         assert jobs.record_submitted(session, job_id, "task-1", first_poll_in=1)
 
@@ -164,8 +167,8 @@ def test_invalid_request_is_recorded_failed_with_the_field(db: Stack) -> None:
 
 def test_sweeper_takes_each_overdue_job_once(db: Stack) -> None:
     job_id = _accept(request()).job_id
+    assert _claim(1) == [job_id]
     with session_scope() as session:
-        jobs.claim_for_submit(session, 1)
         jobs.begin_submit(session, job_id, answer_within=30)
         jobs.record_submitted(session, job_id, "task-9", first_poll_in=1)
     db.sql("UPDATE jobs SET next_check_at = now() - interval '10 minutes' WHERE id = :j", j=job_id)
@@ -182,8 +185,8 @@ def test_sweeper_takes_each_overdue_job_once(db: Stack) -> None:
 def test_queued_job_past_its_deadline_is_expired(db: Stack) -> None:
     job_id = _accept(request()).job_id
     db.sql("UPDATE jobs SET deadline_at = now() - interval '1 second' WHERE id = :j", j=job_id)
+    assert _claim(5) == []  # never admitted once past its deadline
     with session_scope() as session:
-        assert jobs.claim_for_submit(session, 5) == []  # never admitted once past its deadline
         assert jobs.expire_overdue(session) == [job_id]
     with session_scope() as session:
         view = jobs.view(session, job_id)
@@ -197,10 +200,28 @@ def test_cancel_refuses_a_job_whose_post_is_under_way(db: Stack) -> None:
     with session_scope() as session:
         done, status = jobs.cancel(session, queued)
     assert (done, status) == (True, JobStatus.CANCELLED)
+    assert _claim(5) == [sending]
     with session_scope() as session:
-        assert jobs.claim_for_submit(session, 5) == [sending]
         jobs.begin_submit(session, sending, answer_within=30)
     with session_scope() as session:
         done, status = jobs.cancel(session, sending)
     assert (done, status) == (False, JobStatus.SUBMITTING)
     assert _status(sending) == "submitting"
+
+
+def test_a_busy_dispatcher_learns_of_changes_it_could_not_see(db: Stack) -> None:
+    # A holds the admission lock; B's new job arrives meanwhile and B cannot get the lock.
+    # B's announcement must make A's generation check fail, so A makes another pass.
+    first = _accept(request()).job_id
+    with session_scope() as a:
+        claim_a = jobs.claim_for_submit(a, 10)
+        assert claim_a is not None
+        assert claim_a[0] == [first]
+
+        late = _accept(request()).job_id
+        with session_scope() as b:
+            jobs.announce_change(b)
+            assert jobs.claim_for_submit(b, 10) is None  # busy: B does not wait
+    with session_scope() as a_after:
+        assert jobs.dispatch_generation(a_after) != claim_a[1]
+    assert _claim(10) == [late]  # A's second pass admits B's job

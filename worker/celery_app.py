@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from api_schema import names
 from api_schema.producer import celery_queues
 
 from .config import get_settings
+
+# One INFO line per upstream request is noise at production rates (and costs CPU).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def make_app() -> Celery:

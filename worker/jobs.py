@@ -56,10 +56,20 @@ MAX_ERROR_MESSAGE: Final = 2000
 ACTOR: ContextVar[str | None] = ContextVar("imagegen_actor", default=None)
 
 
-def _event(job_id: str, old: str | None, new: str, detail: str | None = None) -> JobEvent:
-    return JobEvent(
-        job_id=job_id, from_status=old, to_status=new, detail=detail, worker=ACTOR.get()
-    )
+def _event(job_id: str, old: str | None, new: str, detail: str | None = None) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "from_status": old,
+        "to_status": new,
+        "detail": detail,
+        "worker": ACTOR.get(),
+    }
+
+
+def _record(session: Session, *events: dict[str, Any]) -> None:
+    # A Core insert: no unit-of-work flush for rows nobody reads back in this transaction.
+    if events:
+        session.execute(insert(JobEvent), list(events))
 
 
 class IllegalTransitionError(ValueError):
@@ -101,7 +111,7 @@ def transition(
     ).first()
     if row is None:
         return None
-    session.add(_event(job_id, row.old, to.value, detail))
+    _record(session, _event(job_id, row.old, to.value, detail))
     return JobStatus(row.old)
 
 
@@ -170,7 +180,7 @@ def accept(
         .returning(Job.id)
     ).first()
     if inserted is not None:
-        session.add(_event(message_id, None, S.QUEUED.value))
+        _record(session, _event(message_id, None, S.QUEUED.value))
         return Accepted(message_id, S.QUEUED, created=True)
     # A redelivery, the same message running twice at once, or the key is taken.
     existing = resolve(session, message_id)
@@ -208,7 +218,7 @@ def record_invalid(session: Session, job_id: str, message: str) -> Accepted:
     ).first()
     if inserted is not None:
         detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
-        session.add(_event(job_id, None, S.FAILED.value, detail))
+        _record(session, _event(job_id, None, S.FAILED.value, detail))
         return Accepted(job_id, S.FAILED, created=True)
     existing = resolve(session, job_id)  # a redelivery: report what the job became
     if existing is None:
@@ -247,14 +257,19 @@ def dispatch_generation(session: Session) -> int:
     return int(value or 0)
 
 
-def claim_for_submit(session: Session, limit: int) -> tuple[list[str], int] | None:
+def claim_for_submit(
+    session: Session, limit: int, *, announce: bool = False
+) -> tuple[list[str], int] | None:
     """Admit queued jobs into free upstream slots; return their ids (now ``submitting``).
 
     Serialised by a transaction-level advisory lock, so the count of slot holders and the
     claim are one atomic step across every worker. Most urgent first, then oldest. Returns
     None, without waiting, when another worker holds the lock; with the ids, the dispatch
     generation read under the lock, so the caller can tell whether anything changed since.
+    ``announce`` first bumps the generation (the caller's change must be committed).
     """
+    if announce:
+        announce_change(session)
     if not session.scalar(select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK_KEY))):
         return None
     generation = dispatch_generation(session)
@@ -285,7 +300,7 @@ def claim_for_submit(session: Session, limit: int) -> tuple[list[str], int] | No
             next_check_at=func.now(),
         )
     )
-    session.add_all(_event(i, S.QUEUED.value, S.SUBMITTING.value) for i in ids)
+    _record(session, *(_event(i, S.QUEUED.value, S.SUBMITTING.value) for i in ids))
     return ids, generation
 
 
@@ -421,18 +436,22 @@ def succeed(
     )
     if left is None:
         return False
-    session.add_all(
-        JobImage(
-            job_id=job_id,
-            index=image.index,
-            url=image.url,
-            width=image.width,
-            height=image.height,
-            format=image.format,
-            stored_path=image.stored_path,
+    if outcome.images:
+        session.execute(
+            insert(JobImage),
+            [
+                {
+                    "job_id": job_id,
+                    "index": image.index,
+                    "url": image.url,
+                    "width": image.width,
+                    "height": image.height,
+                    "format": image.format,
+                    "stored_path": image.stored_path,
+                }
+                for image in outcome.images
+            ],
         )
-        for image in outcome.images
-    )
     return True
 
 

@@ -63,29 +63,39 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
             )
     if accepted.status is JobStatus.FAILED and accepted.created:
         log.warning("job %s rejected as invalid_request", message_id)
-    if accepted.created and accepted.status is JobStatus.QUEUED:
-        dispatch()
+    if (
+        accepted.created
+        and accepted.status is JobStatus.QUEUED
+        and message_id in dispatch(own=message_id)
+    ):
+        outcome = submit_now(message_id)
+        if isinstance(outcome, float):
+            submit.apply_async((message_id,), countdown=outcome)
+        return {"job_id": message_id, "status": f"admitted, {outcome}"}
     return {"job_id": accepted.job_id, "status": accepted.status.value}
 
 
-def dispatch() -> list[str]:
+def dispatch(own: str | None = None) -> list[str]:
     """Admit queued jobs into free upstream slots and send their submits.
 
-    Never waits for another dispatcher: it announces the change first, so whoever holds
-    the admission lock sees it and makes another pass.
+    Call it after the change that may let a job in is committed. It never waits for
+    another dispatcher: it announces the change, so whoever holds the admission lock sees
+    it and makes another pass. The job ``own`` is not sent when admitted: the caller
+    submits it itself, which saves a message hop.
     """
     limit = get_runtime().settings.upstream_concurrency
     admitted: list[str] = []
-    with session_scope() as session:
-        jobs.announce_change(session)
+    announce = True
     while True:
         with session_scope() as session:
-            claim = jobs.claim_for_submit(session, limit)
+            claim = jobs.claim_for_submit(session, limit, announce=announce)
+        announce = False
         if claim is None:
             return admitted  # the lock holder will see our announcement
         ids, generation = claim
         for job_id in ids:
-            submit.apply_async((job_id,))
+            if job_id != own:
+                submit.apply_async((job_id,))
         admitted += ids
         with session_scope() as session:
             if jobs.dispatch_generation(session) == generation:
@@ -95,10 +105,18 @@ def dispatch() -> list[str]:
 @app.task(name=names.SUBMIT_TASK, bind=True, max_retries=None)
 def submit(self: Task, job_id: str) -> str:
     """POST one admitted job to the upstream, once."""
+    outcome = submit_now(job_id)
+    if isinstance(outcome, float):
+        raise self.retry(countdown=outcome)
+    return outcome
+
+
+def submit_now(job_id: str) -> str | float:
+    """POST one admitted job; the seconds to wait first when the request budget is spent."""
     runtime = get_runtime()
     wait = runtime.gate.acquire()
     if wait > 0:
-        raise self.retry(countdown=wait)
+        return wait
     settings = runtime.settings
     answer_within = settings.connect_timeout + settings.read_timeout + 5
     with session_scope() as session:

@@ -92,6 +92,10 @@ class RssSampler:
         self._thread.join()
 
 
+def _pair(values: list[float]) -> str:
+    return f"{percentile(values, 50) * 1000:.0f} / {percentile(values, 99) * 1000:.0f} ms"
+
+
 def _mb(value: float) -> str:
     return f"{value / 2**20:.0f} MB"
 
@@ -348,11 +352,20 @@ def utilization(
         wait_progress(console, "jobs ended", jobs, stack.count_ended, duration * jobs + 300)
         ((first, last),) = stack.sql("SELECT min(created_at), max(finished_at) FROM jobs")
         tasks = stack.sim_tasks()
+        finished = {
+            task_id: at.timestamp()
+            for task_id, at in stack.sql("SELECT upstream_task_id, finished_at FROM jobs")
+        }
         stats = stack.sim_stats()
         statuses = _jobs_by_status(stack)
 
     makespan = (last - first).total_seconds()
     busy = sum(float(t["ends_at"]) - float(t["created_at"]) for t in tasks)
+    # A handoff: the upstream ends a task, we see it (detection), the next POST lands (refill).
+    detection = [finished[t["task_id"]] - float(t["ends_at"]) for t in tasks]
+    ends = sorted(finished.values())
+    starts = sorted(float(t["created_at"]) for t in tasks)[limit:]
+    refill = [start - max(e for e in ends if e <= start) for start in starts if ends[0] <= start]
     ideal = math.ceil(jobs / limit) * duration
     rejected = sum(stats["submits_rejected"].values())
     data = {
@@ -363,6 +376,8 @@ def utilization(
         "slot_idle_seconds": limit * makespan - busy,
         "upstream_429s": rejected,
         "max_concurrency": stats["max_concurrency"],
+        "detection_lag": {"p50": percentile(detection, 50), "p99": percentile(detection, 99)},
+        "refill_latency": {"p50": percentile(refill, 50), "p99": percentile(refill, 99)},
         "statuses": statuses,
         "targets": {"utilization": 0.97, "upstream_429s": 0},
     }
@@ -375,6 +390,8 @@ def utilization(
             ">= 0.97",
         ),
         ("slot idle time", f"{data['slot_idle_seconds']:.2f} s", ""),
+        ("  detection lag p50 / p99 (upstream end -> stored)", _pair(detection), ""),
+        ("  refill latency p50 / p99 (stored -> next POST)", _pair(refill), ""),
         ("upstream 429s", str(rejected), "0"),
         ("max upstream concurrency", str(stats["max_concurrency"]), f"<= {limit}"),
         ("jobs succeeded", str(statuses.get("succeeded", 0)), str(jobs)),

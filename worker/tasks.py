@@ -4,6 +4,7 @@ publish the next step only after the state that justifies it is committed."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Task
@@ -75,13 +76,14 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
     return {"job_id": accepted.job_id, "status": accepted.status.value}
 
 
-def dispatch(own: str | None = None) -> list[str]:
+def dispatch(own: str | None = None, *, keep_first: bool = False) -> list[str]:
     """Admit queued jobs into free upstream slots and send their submits.
 
     Call it after the change that may let a job in is committed. It never waits for
     another dispatcher: it announces the change, so whoever holds the admission lock sees
-    it and makes another pass. The job ``own`` is not sent when admitted: the caller
-    submits it itself, which saves a message hop.
+    it and makes another pass. The job ``own`` is not sent when admitted, nor (with
+    ``keep_first``) the first one admitted: the caller submits it itself, saving the
+    message hop between a slot freeing and the next POST.
     """
     limit = get_runtime().settings.upstream_concurrency
     admitted: list[str] = []
@@ -93,8 +95,9 @@ def dispatch(own: str | None = None) -> list[str]:
         if claim is None:
             return admitted  # the lock holder will see our announcement
         ids, generation = claim
+        kept = {own} | ({ids[0]} if keep_first and ids and not admitted else set())
         for job_id in ids:
-            if job_id != own:
+            if job_id not in kept:
                 submit.apply_async((job_id,))
         admitted += ids
         with session_scope() as session:
@@ -111,6 +114,21 @@ def submit(self: Task, job_id: str) -> str:
     return outcome
 
 
+def _submit_inline(job_id: str) -> str:
+    outcome = submit_now(job_id)
+    if isinstance(outcome, float):  # the request budget is spent: send it later
+        submit.apply_async((job_id,), countdown=outcome)
+        return "delayed"
+    return outcome
+
+
+def _refill() -> None:
+    """A slot was freed by a poll: admit the next job and submit it from here."""
+    admitted = dispatch(keep_first=True)
+    if admitted:
+        _submit_inline(admitted[0])
+
+
 def submit_now(job_id: str) -> str | float:
     """POST one admitted job; the seconds to wait first when the request budget is spent."""
     runtime = get_runtime()
@@ -123,6 +141,7 @@ def submit_now(job_id: str) -> str | float:
         payload = jobs.begin_submit(session, job_id, answer_within=answer_within)
     if payload is None:
         return "skipped"  # a duplicate message, or the job moved on (cancelled, expired)
+    sent_at = time.monotonic()
     try:
         submitted = runtime.upstream.submit(payload)
     except RetryableError as exc:
@@ -139,7 +158,8 @@ def submit_now(job_id: str) -> str | float:
         _throttle(runtime, exc)
         _outcome_unknown(job_id, exc.message)
         return "unknown"
-    first_poll = poll_delay(0, settings)
+    # The upstream's clock started when it got the POST, not when we stored its answer.
+    first_poll = max(0.0, poll_delay(0, settings) - (time.monotonic() - sent_at))
     with session_scope() as session:
         recorded = jobs.record_submitted(
             session, job_id, submitted.task_id, first_poll_in=first_poll
@@ -167,7 +187,12 @@ def poll(self: Task, job_id: str, seq: int = 0) -> str:
     if ticket is None:
         return "stale"
     if ticket.overdue:
-        _end(job_id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while the upstream was working")
+        _end(
+            job_id,
+            ErrorCode.DEADLINE_EXCEEDED,
+            "deadline passed while the upstream was working",
+            refill=True,
+        )
         return "deadline"
     try:
         state = runtime.upstream.get_task(ticket.upstream_task_id)
@@ -176,10 +201,11 @@ def poll(self: Task, job_id: str, seq: int = 0) -> str:
         delay = retry_delay(self.request.retries, settings, floor=exc.retry_after)
         raise self.retry(args=(job_id, ticket.seq), countdown=delay) from None
     except PermanentError as exc:
-        _end(job_id, exc.error_code, exc.message)
+        _end(job_id, exc.error_code, exc.message, refill=True)
         return "rejected"
     if state.status == "failed":
-        _end(job_id, ErrorCode.UPSTREAM_FAILED, state.error or "the upstream task failed")
+        reason = state.error or "the upstream task failed"
+        _end(job_id, ErrorCode.UPSTREAM_FAILED, reason, refill=True)
         return "failed"
     if state.status == "success":
         return _finish(self, runtime, job_id, ticket, state)
@@ -236,17 +262,23 @@ def _finish(
     with session_scope() as session:
         done = jobs.succeed(session, job_id, outcome, failure=failure)
     if done:
-        dispatch()
+        _refill()
     return "succeeded" if failure is None else "failed"
 
 
 def _end(
-    job_id: str, code: ErrorCode, message: str, expected: list[JobStatus] | None = None
+    job_id: str,
+    code: ErrorCode,
+    message: str,
+    expected: list[JobStatus] | None = None,
+    *,
+    refill: bool = False,
 ) -> None:
     with session_scope() as session:
         ended = jobs.fail(session, job_id, code, message, expected=expected)
-    if ended:
-        dispatch()  # its slot is free
+    if ended:  # its slot is free
+        # Only a poll refills inline: a chain of refused submits must not recurse.
+        _refill() if refill else dispatch()
 
 
 def _outcome_unknown(job_id: str, message: str) -> None:

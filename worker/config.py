@@ -53,8 +53,11 @@ class Settings(BaseSettings):
     stale_after_seconds: float = Field(
         default=60.0, gt=0, description="How late a job's next step may be before the sweeper acts."
     )
-    # Redis re-delivers an unacked message only after this; every countdown stays far below it.
-    visibility_timeout_seconds: int = Field(default=3600, ge=60)
+    # Redis re-delivers an unacked message only after this: it is how long the unstarted
+    # messages a killed worker had prefetched wait before another worker gets them (the
+    # sweeper cannot help with requests that have no job row yet). Every countdown must stay
+    # far below it, or an ETA message would be re-delivered while still waiting.
+    visibility_timeout_seconds: int = Field(default=600, ge=10)
 
     storage_dir: Path | None = Field(
         default=None, description="Where result images are copied; unset keeps upstream URLs only."

@@ -9,6 +9,9 @@ from typing import Any
 
 from celery import Task
 from celery.signals import task_prerun, worker_process_init
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api_schema import ErrorCode, ImageView, JobStatus, names
 
@@ -21,6 +24,16 @@ from .runtime import Runtime, get_runtime, reset_runtime
 from .storage import StorageError, store_image
 
 log = logging.getLogger("imagegen.tasks")
+#: Failures of the database or of Redis itself: the task is retried with a countdown, never
+#: dropped (with late acks a task that raises is still acked, and its message would be lost).
+INFRA_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
+_RETRY_INFRA: dict[str, Any] = {
+    "autoretry_for": INFRA_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": None,
+}
 MAX_JOB_ID = 64
 NOOP_TASK = "imagegen.noop"
 
@@ -38,7 +51,7 @@ def _name_actor(task: Task | None = None, **_: Any) -> None:
     jobs.ACTOR.set(str(task.request.hostname) if task is not None else None)
 
 
-@app.task(name=names.GENERATE_TASK, bind=True)
+@app.task(name=names.GENERATE_TASK, bind=True, **_RETRY_INFRA)
 def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
     """Accept one request: validate it, record the job, admit what fits upstream."""
     message_id = str(self.request.id)
@@ -105,9 +118,11 @@ def dispatch(own: str | None = None, *, keep_first: bool = False) -> list[str]:
                 return admitted
 
 
-@app.task(name=names.SUBMIT_TASK, bind=True, max_retries=None)
-def submit(self: Task, job_id: str) -> str:
-    """POST one admitted job to the upstream, once."""
+@app.task(name=names.SUBMIT_TASK, bind=True, **_RETRY_INFRA)
+def submit(self: Task, job_id: str, upstream_task_id: str | None = None) -> str:
+    """POST one admitted job to the upstream, once (or only record an earlier POST's answer)."""
+    if upstream_task_id is not None:
+        return _record_submitted(job_id, upstream_task_id, first_poll=0.0)
     outcome = submit_now(job_id)
     if isinstance(outcome, float):
         raise self.retry(countdown=outcome)
@@ -160,18 +175,29 @@ def submit_now(job_id: str) -> str | float:
         return "unknown"
     # The upstream's clock started when it got the POST, not when we stored its answer.
     first_poll = max(0.0, poll_delay(0, settings) - (time.monotonic() - sent_at))
+    try:
+        return _record_submitted(job_id, submitted.task_id, first_poll)
+    except (OperationalError, InterfaceError):
+        # The POST was accepted but the database is away: keep the answer in a message and
+        # record it when the database is back, instead of leaving an unknown outcome.
+        log.warning("job %s: storing upstream task id deferred (database unavailable)", job_id)
+        submit.apply_async((job_id,), {"upstream_task_id": submitted.task_id}, countdown=2)
+        return "record-deferred"
+
+
+def _record_submitted(job_id: str, upstream_task_id: str, first_poll: float) -> str:
     with session_scope() as session:
         recorded = jobs.record_submitted(
-            session, job_id, submitted.task_id, first_poll_in=first_poll
+            session, job_id, upstream_task_id, first_poll_in=first_poll
         )
     if recorded:
         poll.apply_async((job_id, 0), countdown=first_poll)
-    else:
-        log.warning("job %s: upstream task %s created but job moved on", job_id, submitted.task_id)
-    return "submitted"
+        return "submitted"
+    log.warning("job %s: upstream task %s created but the job moved on", job_id, upstream_task_id)
+    return "moved-on"
 
 
-@app.task(name=names.POLL_TASK, bind=True, max_retries=None)
+@app.task(name=names.POLL_TASK, bind=True, **_RETRY_INFRA)
 def poll(self: Task, job_id: str, seq: int = 0) -> str:
     """Ask the upstream about a submitted job; retry with a countdown while it runs."""
     runtime = get_runtime()
@@ -302,7 +328,7 @@ def _throttle(runtime: Runtime, exc: UpstreamError) -> None:
         log.warning("upstream asked to back off (HTTP %s): pausing for %.1fs", exc.status, pause)
 
 
-@app.task(name=names.SWEEP_TASK)
+@app.task(name=names.SWEEP_TASK, **{**_RETRY_INFRA, "max_retries": 3})
 def sweep() -> dict[str, int]:
     """Move on every job whose next step is overdue (a lost message, a killed worker)."""
     settings = get_runtime().settings

@@ -6,7 +6,11 @@ process can read is searched for the key (plain, its first 16 characters, base64
 alignment): the logs of the worker, Flower and the simulator (which legitimately receives
 the key in headers but must not write it down), every database row, every Redis key and
 value (kombu message bodies decoded), every Flower page and API answer, and the argv of
-every process the stack started. Flower's password must not show in any argv either.
+every process the stack started. Flower's password is searched for the same way, and
+Flower must refuse anyone without it.
+
+Run it on a Redis db nobody else uses (IMAGEGEN_TEST_REDIS_DB) when other test runs share
+the machine: workers of another run on the same db would take this run's messages.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -106,7 +111,7 @@ def _redis_dump(redis: Redis) -> tuple[list[str], list[str]]:
         elif kind == "list":
             values = cast(list[bytes], redis.lrange(key, 0, -1))
         elif kind == "hash":
-            items = cast(dict[bytes, bytes], redis.hgetall(key)).items()
+            items = cast(dict[bytes, bytes], redis.hgetall(cast(str, key))).items()
             values = [part for item in items for part in item]
         elif kind == "set":
             values = list(cast(set[bytes], redis.smembers(key)))
@@ -187,9 +192,17 @@ def _wait(probe: Callable[[], T | None], timeout: float, what: str) -> T:
         time.sleep(0.1)
 
 
+@dataclass
+class Flower:
+    proc: Proc
+    url: str
+    password: str
+    client: httpx.Client  # authenticated
+
+
 @pytest.fixture
-def flower(live: Stack) -> Iterator[tuple[Proc, str, str]]:
-    """Flower behind basic auth on a free port: (process, base URL, password)."""
+def flower(live: Stack) -> Iterator[Flower]:
+    """``imagegen flower`` behind basic auth on a free port."""
     password = f"flowerpw-{secrets.token_hex(10)}"
     port = free_port()
     proc = live.sup.start(
@@ -200,22 +213,22 @@ def flower(live: Stack) -> Iterator[tuple[Proc, str, str]]:
     url = f"http://127.0.0.1:{port}"
     try:
         live.sup.wait_http(proc, f"{url}/api/workers", auth=(FLOWER_USER, password))
-        yield proc, url, password
+        with httpx.Client(base_url=url, auth=(FLOWER_USER, password), timeout=15) as client:
+            yield Flower(proc, url, password, client)
     finally:
         proc.stop()
 
 
-def test_api_key_and_flower_password_leak_nowhere(
-    live: Stack, flower: tuple[Proc, str, str]
-) -> None:
-    started = time.monotonic()
-    flower_proc, flower_url, password = flower
+def test_api_key_and_flower_password_leak_nowhere(live: Stack, flower: Flower) -> None:
+    flower_proc, password, client = flower.proc, flower.password, flower.client
     needles = _needles(password)
     hits: list[str] = []
     worker = live.workers[0]
     assert live.sim is not None
-    # Positive control: the worker really holds this key, so finding it nowhere means something.
+    # Positive controls: the worker really holds the key and Flower the password (in their
+    # environment, where they belong), so finding them nowhere else means something.
     assert API_KEY.encode() in Path(f"/proc/{worker.popen.pid}/environ").read_bytes()
+    assert password.encode() in Path(f"/proc/{flower_proc.popen.pid}/environ").read_bytes()
 
     # --- Flower refuses anyone without the right credentials ------------------------------
     bad_auths: list[tuple[str, str] | None] = [
@@ -226,15 +239,13 @@ def test_api_key_and_flower_password_leak_nowhere(
     ]
     for path in ("/", "/api/workers", "/api/tasks", "/tasks", "/broker"):
         for auth in bad_auths:
-            response = httpx.get(f"{flower_url}{path}", auth=auth, timeout=10)
+            response = httpx.get(f"{flower.url}{path}", auth=auth, timeout=10)
             assert response.status_code == 401, (path, auth, response.status_code)
         # a malformed header is refused too, not an error page
         response = httpx.get(
-            f"{flower_url}{path}", headers={"Authorization": "Basic !!!"}, timeout=10
+            f"{flower.url}{path}", headers={"Authorization": "Basic !!!"}, timeout=10
         )
         assert response.status_code == 401, (path, "malformed", response.status_code)
-
-    client = httpx.Client(base_url=flower_url, auth=(FLOWER_USER, password), timeout=15)
 
     def worker_seen() -> bool | None:
         # Flower's events receiver is connected once it has heard the worker's heartbeat
@@ -244,31 +255,43 @@ def test_api_key_and_flower_password_leak_nowhere(
     _wait(worker_seen, 30, "Flower hearing the worker's events")
 
     # --- a job in flight: every Redis key and message, bodies decoded ----------------------
-    live.sim_configure(processing_seconds=60)
-    in_flight = live.send(request())
-    live.wait_status(in_flight, {"pending", "processing"})
+    # A slow submit holds the generate message (unacked, acks are late) while the POST is
+    # under way; a long task then keeps poll messages coming.
+    live.sim_configure(processing_seconds=60, faults={"latency_ms": 1000})
+    body = request()
+    in_flight = live.send(body)
     redis = live.redis()
 
-    def dump_with_poll_message() -> tuple[list[str], list[str]] | None:
-        texts, bodies = _redis_dump(redis)
-        return (texts, bodies) if any(in_flight in b for b in bodies) else None
+    def dump_holding(marker: str) -> Callable[[], tuple[list[str], list[str]] | None]:
+        def probe() -> tuple[list[str], list[str]] | None:
+            texts, bodies = _redis_dump(redis)
+            return (texts, bodies) if any(marker in b for b in bodies) else None
 
-    texts, bodies = _wait(dump_with_poll_message, 15, "the in-flight job's message in Redis")
-    hits += _find(needles, "Redis while a job is in flight", texts)
-    with_decoded = [b for b in bodies if names.POLL_TASK in b or in_flight in b]
-    assert with_decoded, "no kombu body was decoded"
+        return probe
+
+    # the generate body holds the request (the prompt), not the job id (that is a header)
+    texts, _ = _wait(dump_holding(body["prompt"]), 15, "the generate message in Redis")
+    hits += _find(needles, "Redis while a job is submitted", texts)
+    live.sim_configure(faults={"latency_ms": 0})
+    live.wait_status(in_flight, {"pending", "processing"})
+    # a poll body is [[job_id, seq], {}, {...}]
+    texts, _ = _wait(dump_holding(in_flight), 15, "the in-flight job's poll message in Redis")
+    hits += _find(needles, "Redis while a job is polled", texts)
+
     from worker import jobs
     from worker.db import session_scope
 
     with session_scope() as session:
         done, _ = jobs.cancel(session, in_flight)
     assert done
-    ended = live.wait_ended([in_flight], timeout=20)
-    assert ended[in_flight].error_code is ErrorCode.CANCELLED
+    ended = live.wait_ended([in_flight], timeout=20)[in_flight]
+    assert (ended.status, ended.error_code) == (JobStatus.CANCELLED, ErrorCode.CANCELLED)
     live.sim_reset()
 
     # --- jobs down every path that writes an error message ---------------------------------
-    expected = {in_flight: (JobStatus.CANCELLED, ErrorCode.CANCELLED)}
+    expected: dict[str, tuple[JobStatus, ErrorCode | None]] = {
+        in_flight: (JobStatus.CANCELLED, ErrorCode.CANCELLED)
+    }
     scenarios: list[tuple[dict[str, Any], dict[str, Any], JobStatus, ErrorCode | None]] = [
         ({}, request(n=2), JobStatus.SUCCEEDED, None),
         ({"faults": {"fail_task": 1.0}}, request(), JobStatus.FAILED, ErrorCode.UPSTREAM_FAILED),
@@ -281,10 +304,10 @@ def test_api_key_and_flower_password_leak_nowhere(
         ({"keys": {"other": "team-b"}}, request(), JobStatus.FAILED, ErrorCode.UPSTREAM_AUTH),
         ({}, request(width=1000), JobStatus.FAILED, ErrorCode.INVALID_REQUEST),
     ]
-    for sim_changes, body, status, code in scenarios:
+    for sim_changes, job_body, status, code in scenarios:
         if sim_changes:
             live.sim_configure(**sim_changes)
-        job_id = live.send(body)
+        job_id = live.send(job_body)
         job = live.wait_ended([job_id], timeout=30)[job_id]
         assert (job.status, job.error_code) == (status, code), job.error_message
         if status is JobStatus.SUCCEEDED:
@@ -346,9 +369,9 @@ def test_api_key_and_flower_password_leak_nowhere(
     leaders = [p.popen.pid for p in live.sup.procs if p.alive()]
     assert {worker.popen.pid, flower_proc.popen.pid, live.sim.popen.pid} <= set(leaders)
     cmdlines = _cmdlines(_session_members(leaders))
-    assert len(cmdlines) >= 3, cmdlines
+    for proc, word in ((worker, "worker"), (flower_proc, "flower"), (live.sim, "simulator")):
+        assert word in cmdlines.get(proc.popen.pid, ""), (proc.name, cmdlines)
     for pid, line in cmdlines.items():
         hits += _find(needles, f"argv of pid {pid}", [line])
 
     assert not hits, "secret leaked:\n" + "\n".join(hits)
-    assert time.monotonic() - started < 60

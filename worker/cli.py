@@ -308,6 +308,11 @@ def cancel(job_id: str) -> None:
     if not done:
         err.print(f"job {job_id} is {now.value}; nothing to cancel")
         raise typer.Exit(1)
+    # Its slot is free now: a sweep admits the next queued job without waiting for beat.
+    from api_schema import MAINTENANCE_QUEUE, SWEEP_TASK
+    from api_schema.producer import producer_app
+
+    producer_app(_settings().broker_url).send_task(SWEEP_TASK, queue=MAINTENANCE_QUEUE)
     out.print(f"job {job_id} cancelled")
 
 

@@ -13,10 +13,19 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Executable,
+    Table,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
@@ -69,7 +78,25 @@ def _event(job_id: str, old: str | None, new: str, detail: str | None = None) ->
 def _record(session: Session, *events: dict[str, Any]) -> None:
     # A Core insert: no unit-of-work flush for rows nobody reads back in this transaction.
     if events:
-        session.execute(insert(JobEvent), list(events))
+        _run(session, insert(E), list(events))
+
+
+# Hot-path statements are Core statements on the tables, run on the session's connection:
+# the ORM-enabled insert/update machinery costs more CPU than the rest of a job's SQL.
+J = cast(Table, Job.__table__)
+E = cast(Table, JobEvent.__table__)
+I = cast(Table, JobImage.__table__)  # noqa: E741
+A = cast(Table, JobAlias.__table__)
+
+
+def _run(
+    session: Session, statement: Executable, params: Any = None
+) -> CursorResult[*tuple[Any, ...]]:
+    return session.connection().execute(statement, params)
+
+
+def _scalar(session: Session, statement: Executable) -> Any:
+    return session.connection().execute(statement).scalar()
 
 
 class IllegalTransitionError(ValueError):
@@ -101,13 +128,14 @@ def transition(
     if to in (S.SUCCEEDED, S.FAILED, S.CANCELLED):
         values.setdefault("finished_at", func.now())
         values.setdefault("next_check_at", None)
-    old = select(Job.id, Job.status.label("old")).where(Job.id == job_id).with_for_update()
+    old = select(J.c.id, J.c.status.label("old")).where(J.c.id == job_id).with_for_update()
     old_sq = old.subquery()
-    row = session.execute(
-        update(Job)
-        .where(Job.id == old_sq.c.id, Job.status.in_([s.value for s in sources]))
+    row = _run(
+        session,
+        update(J)
+        .where(J.c.id == old_sq.c.id, J.c.status.in_([s.value for s in sources]))
         .values(status=to.value, updated_at=func.now(), **values)
-        .returning(old_sq.c.old)
+        .returning(old_sq.c.old),
     ).first()
     if row is None:
         return None
@@ -164,20 +192,21 @@ def accept(
     except TypeError as exc:
         return record_invalid(session, message_id, f"request: must be a JSON object, got {exc}")
     deadline = request.deadline_seconds or default_deadline_seconds
-    inserted = session.execute(
-        insert(Job)
+    inserted = _run(
+        session,
+        insert(J)
         .values(
             id=message_id,
             status=S.QUEUED.value,
             priority=request.priority,
             request=request.model_dump(mode="json", exclude_none=True),
             idempotency_key=request.idempotency_key,
-            metadata_=request.metadata,
+            metadata=request.metadata,
             deadline_at=_after(deadline),
             next_check_at=func.now(),
         )
         .on_conflict_do_nothing()
-        .returning(Job.id)
+        .returning(J.c.id),
     ).first()
     if inserted is not None:
         _record(session, _event(message_id, None, S.QUEUED.value))
@@ -186,13 +215,12 @@ def accept(
     existing = resolve(session, message_id)
     if existing is None and request.idempotency_key is not None:
         existing = session.scalars(
-            select(Job).where(Job.idempotency_key == request.idempotency_key)
+            select(Job).where(J.c.idempotency_key == request.idempotency_key)
         ).first()
         if existing is not None:
-            session.execute(
-                insert(JobAlias)
-                .values(alias_id=message_id, job_id=existing.id)
-                .on_conflict_do_nothing()
+            _run(
+                session,
+                insert(A).values(alias_id=message_id, job_id=existing.id).on_conflict_do_nothing(),
             )
     if existing is None:
         raise RuntimeError(f"job {message_id} conflicted but cannot be found")
@@ -202,8 +230,9 @@ def accept(
 def record_invalid(session: Session, job_id: str, message: str) -> Accepted:
     """Record a request that cannot be run as a failed ``invalid_request`` job."""
     message = message[:MAX_ERROR_MESSAGE]
-    inserted = session.execute(
-        insert(Job)
+    inserted = _run(
+        session,
+        insert(J)
         .values(
             id=job_id,
             status=S.FAILED.value,
@@ -214,7 +243,7 @@ def record_invalid(session: Session, job_id: str, message: str) -> Accepted:
             error_message=message,
         )
         .on_conflict_do_nothing()
-        .returning(Job.id)
+        .returning(J.c.id),
     ).first()
     if inserted is not None:
         detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
@@ -242,17 +271,25 @@ def announce_change(session: Session) -> None:
     Call it after the change is committed: sequences are not transactional, so the
     dispatcher holding the lock sees the bump at once and makes another pass.
     """
-    session.execute(select(DISPATCH_GENERATION.next_value()))
+    _run(session, select(DISPATCH_GENERATION.next_value()))
+
+
+def any_queued(session: Session) -> bool:
+    """Whether a queued job is visible (one index probe)."""
+    return bool(
+        _scalar(session, select(select(J.c.id).where(J.c.status == S.QUEUED.value).exists()))
+    )
 
 
 def dispatch_generation(session: Session) -> int:
     """How many changes have been announced so far."""
     # before its first nextval a sequence shows last_value 1 too: is_called tells them apart
-    value = session.scalar(
+    value = _scalar(
+        session,
         text(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
             "FROM imagegen_dispatch_generation"
-        )
+        ),
     )
     return int(value or 0)
 
@@ -270,35 +307,39 @@ def claim_for_submit(
     """
     if announce:
         announce_change(session)
-    if not session.scalar(select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK_KEY))):
+    if not _scalar(session, select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK_KEY))):
         return None
     generation = dispatch_generation(session)
-    holding = session.scalar(
-        select(func.count()).select_from(Job).where(Job.status.in_([s.value for s in HOLDING_SLOT]))
+    holding = _scalar(
+        session,
+        select(func.count())
+        .select_from(Job)
+        .where(J.c.status.in_([s.value for s in HOLDING_SLOT])),
     )
     free = limit - int(holding or 0)
     if free <= 0:
         return [], generation
     ids = list(
         session.scalars(
-            select(Job.id)
-            .where(Job.status == S.QUEUED.value, Job.deadline_at > func.now())
-            .order_by(Job.priority.desc(), Job.created_at, Job.id)
+            select(J.c.id)
+            .where(J.c.status == S.QUEUED.value, J.c.deadline_at > func.now())
+            .order_by(J.c.priority.desc(), J.c.created_at, J.c.id)
             .limit(free)
             .with_for_update(skip_locked=True)
         )
     )
     if not ids:
         return [], generation
-    session.execute(
-        update(Job)
-        .where(Job.id.in_(ids))
+    _run(
+        session,
+        update(J)
+        .where(J.c.id.in_(ids))
         .values(
             status=S.SUBMITTING.value,
             updated_at=func.now(),
             submit_started_at=None,
             next_check_at=func.now(),
-        )
+        ),
     )
     _record(session, *(_event(i, S.QUEUED.value, S.SUBMITTING.value) for i in ids))
     return ids, generation
@@ -310,16 +351,17 @@ def begin_submit(session: Session, job_id: str, *, answer_within: float) -> dict
     Committed before the POST: a job found later with ``submit_started_at`` set and no
     upstream task id is one whose POST outcome is unknown, and is never sent again blindly.
     """
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == S.SUBMITTING.value, Job.submit_started_at.is_(None))
+    row = _run(
+        session,
+        update(J)
+        .where(J.c.id == job_id, J.c.status == S.SUBMITTING.value, J.c.submit_started_at.is_(None))
         .values(
             submit_started_at=func.now(),
-            submit_attempts=Job.submit_attempts + 1,
+            submit_attempts=J.c.submit_attempts + 1,
             updated_at=func.now(),
             next_check_at=_after(answer_within),
         )
-        .returning(Job.request)
+        .returning(J.c.request),
     ).first()
     if row is None or row.request is None:
         return None
@@ -374,16 +416,17 @@ def claim_poll(session: Session, job_id: str, seq: int, *, hold_for: float) -> P
     Each poll message carries the sequence number it expects; claiming bumps it, so when
     a crash or a sweep leaves two poll chains for one job, only one of them goes on.
     """
-    row = session.execute(
-        update(Job)
+    row = _run(
+        session,
+        update(J)
         .where(
-            Job.id == job_id,
-            Job.status.in_([s.value for s in POLLED]),
-            Job.poll_count == seq,
-            Job.upstream_task_id.is_not(None),
+            J.c.id == job_id,
+            J.c.status.in_([s.value for s in POLLED]),
+            J.c.poll_count == seq,
+            J.c.upstream_task_id.is_not(None),
         )
-        .values(poll_count=Job.poll_count + 1, next_check_at=_after(hold_for))
-        .returning(Job.upstream_task_id, Job.status, Job.deadline_at <= func.now())
+        .values(poll_count=J.c.poll_count + 1, next_check_at=_after(hold_for))
+        .returning(J.c.upstream_task_id, J.c.status, J.c.deadline_at <= func.now()),
     ).first()
     if row is None:
         return None
@@ -437,8 +480,9 @@ def succeed(
     if left is None:
         return False
     if outcome.images:
-        session.execute(
-            insert(JobImage),
+        _run(
+            session,
+            insert(I),
             [
                 {
                     "job_id": job_id,
@@ -518,11 +562,11 @@ def expire_overdue(session: Session) -> list[str]:
     """
     ids = list(
         session.scalars(
-            select(Job.id)
+            select(J.c.id)
             .where(
-                Job.deadline_at <= func.now(),
-                Job.status.in_([S.QUEUED.value, S.SUBMITTING.value]),
-                Job.submit_started_at.is_(None),
+                J.c.deadline_at <= func.now(),
+                J.c.status.in_([S.QUEUED.value, S.SUBMITTING.value]),
+                J.c.submit_started_at.is_(None),
             )
             .with_for_update(skip_locked=True)
         )
@@ -556,14 +600,15 @@ def take_overdue(session: Session, *, stale_after: float, recheck_in: float) -> 
     Queued jobs are not listed: admission finds them. The push makes a second sweeper
     (or the next sweep) skip the same jobs while the re-published step runs.
     """
-    rows = session.execute(
-        update(Job)
+    rows = _run(
+        session,
+        update(J)
         .where(
-            Job.status.in_([s.value for s in HOLDING_SLOT]),
-            Job.next_check_at < _after(-stale_after),
+            J.c.status.in_([s.value for s in HOLDING_SLOT]),
+            J.c.next_check_at < _after(-stale_after),
         )
         .values(next_check_at=_after(recheck_in))
-        .returning(Job.id, Job.status, Job.submit_started_at, Job.poll_count)
+        .returning(J.c.id, J.c.status, J.c.submit_started_at, J.c.poll_count),
     ).all()
     return [
         Overdue(r.id, JobStatus(r.status), r.submit_started_at is not None, r.poll_count)
@@ -573,10 +618,10 @@ def take_overdue(session: Session, *, stale_after: float, recheck_in: float) -> 
 
 def counts(session: Session) -> dict[str, int]:
     """Number of jobs in each status."""
-    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    rows = _run(session, select(J.c.status, func.count()).group_by(J.c.status)).all()
     return {str(status): int(n) for status, n in rows}
 
 
 def ping(session: Session) -> None:
     """Fail loudly when the database is unreachable or not migrated."""
-    session.execute(text("SELECT 1 FROM jobs LIMIT 0"))
+    _run(session, text("SELECT 1 FROM jobs LIMIT 0"))

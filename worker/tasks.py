@@ -139,9 +139,18 @@ def _submit_inline(job_id: str) -> str:
 
 def _refill() -> None:
     """A slot was freed by a poll: admit the next job and submit it from here."""
-    admitted = dispatch(keep_first=True)
+    admitted = _dispatch_after_release(keep_first=True)
     if admitted:
         _submit_inline(admitted[0])
+
+
+def _dispatch_after_release(*, keep_first: bool = False) -> list[str]:
+    # With nothing queued there is nothing to admit; a job queued after our release was
+    # committed runs its own dispatch, which sees the free slot.
+    with session_scope() as session:
+        if not jobs.any_queued(session):
+            return []
+    return dispatch(keep_first=keep_first)
 
 
 def submit_now(job_id: str) -> str | float:
@@ -304,7 +313,7 @@ def _end(
         ended = jobs.fail(session, job_id, code, message, expected=expected)
     if ended:  # its slot is free
         # Only a poll refills inline: a chain of refused submits must not recurse.
-        _refill() if refill else dispatch()
+        _refill() if refill else _dispatch_after_release()
 
 
 def _outcome_unknown(job_id: str, message: str) -> None:

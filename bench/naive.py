@@ -28,7 +28,7 @@ NAIVE_TASK = "naive.generate"
 
 
 @app.task(name=NAIVE_TASK)
-def generate(request: dict[str, Any], results_key: str, sleep_seconds: float = 1.0) -> None:
+def generate(request: dict[str, Any], results_key: str, sleep_seconds: float = 1.5) -> None:
     """Submit, then poll with a blocking sleep; record when the end was seen."""
     base = os.environ["MODELLIX_BASE_URL"]
     headers = {"Authorization": f"Bearer {os.environ['MODELLIX_API_KEY']}"}

@@ -65,6 +65,8 @@ def envelope_problem(entry: object) -> str | None:
         return None
     try:
         parts = json.loads(raw)
+    except RecursionError:
+        return "body nests too deeply"
     except ValueError:
         return None  # Celery logs "Can't decode message body" and drops it
     if not (
@@ -75,6 +77,12 @@ def envelope_problem(entry: object) -> str | None:
         and isinstance(parts[2], dict | None)
     ):
         return "body is not [args, kwargs, embed]"
+    embed = parts[2] or {}
+    signatures = [embed.get(k) or [] for k in ("callbacks", "errbacks", "chain")]
+    if not all(isinstance(v, list) and all(isinstance(x, dict) for x in v) for v in signatures):
+        return "embed callbacks, errbacks or chain is not a list of signatures"
+    if not isinstance(embed.get("chord"), dict | None):
+        return "embed chord is not a signature"
     return None
 
 
@@ -82,7 +90,7 @@ class _GuardedChannel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> Any:
         try:
             return super()._brpop_read(**options)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             log.error("dropped a queue entry that is not a JSON message envelope: %s", exc)
             return True
 

@@ -36,6 +36,32 @@ _RETRY_INFRA: dict[str, Any] = {
 }
 MAX_JOB_ID = 64
 NOOP_TASK = "imagegen.noop"
+UNSTORABLE = "text with a NUL character or an unpaired surrogate cannot be stored"
+
+
+def _storable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # an unpaired surrogate
+        return False
+    return "\x00" not in text
+
+
+def _unstorable(value: object, path: str) -> str | None:
+    """Where in ``value`` is text PostgreSQL cannot store (NUL, unpaired surrogate), if any."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str) and not _storable(item):
+            return where
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not _storable(key):
+                    return f"{where}.{key!a}" if where else ascii(key)
+                stack.append((child, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, f"{where}.{i}") for i, child in enumerate(item))
+    return None
 
 
 @worker_process_init.connect
@@ -60,7 +86,14 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
             "dropped %s message: task id longer than %d characters", names.GENERATE_TASK, MAX_JOB_ID
         )
         return {"job_id": message_id[:MAX_JOB_ID], "status": "dropped"}
-    if args or set(kwargs) != {"request"}:
+    if _unstorable(message_id, "id") is not None:
+        log.error("dropped %s message: task id %a: %s", names.GENERATE_TASK, message_id, UNSTORABLE)
+        return {"job_id": ascii(message_id)[:MAX_JOB_ID], "status": "dropped"}
+    unstorable = _unstorable(kwargs, "") or _unstorable(args, "args")
+    if unstorable is not None:
+        with session_scope() as session:
+            accepted = jobs.record_invalid(session, message_id, f"{unstorable}: {UNSTORABLE}")
+    elif args or set(kwargs) != {"request"}:
         got = ", ".join(sorted(kwargs)) or "none"
         detail = f"{len(args)} positional argument(s), kwargs: {got}"
         with session_scope() as session:
@@ -68,25 +101,49 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
                 session, message_id, f"message: expected kwargs {{'request': ...}}, got {detail}"
             )
     else:
-        with session_scope() as session:
-            accepted = jobs.accept(
-                session,
-                message_id,
-                kwargs["request"],
-                default_deadline_seconds=get_runtime().settings.default_deadline_seconds,
-            )
+        accepted = _accept_and_admit(message_id, kwargs["request"])
     if accepted.status is JobStatus.FAILED and accepted.created:
         log.warning("job %s rejected as invalid_request", message_id)
-    if (
-        accepted.created
-        and accepted.status is JobStatus.QUEUED
-        and message_id in dispatch(own=message_id)
-    ):
-        outcome = submit_now(message_id)
-        if isinstance(outcome, float):
-            submit.apply_async((message_id,), countdown=outcome)
-        return {"job_id": message_id, "status": f"admitted, {outcome}"}
     return {"job_id": accepted.job_id, "status": accepted.status.value}
+
+
+def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
+    """Record a request and, in the same transaction, try to admit it and start its POST.
+
+    The fast path of a new job is two transactions: this one, and the one storing the
+    upstream task id. When another worker holds the admission lock it falls back to the
+    ordinary dispatch after commit (that holder could not see our uncommitted job).
+    """
+    runtime = get_runtime()
+    settings = runtime.settings
+    payload = None
+    with session_scope() as session:
+        accepted = jobs.accept(
+            session, message_id, raw, default_deadline_seconds=settings.default_deadline_seconds
+        )
+        if not (accepted.created and accepted.status is JobStatus.QUEUED):
+            return accepted
+        claim = jobs.claim_for_submit(session, settings.upstream_concurrency)
+        if claim is not None and message_id in claim[0] and runtime.gate.acquire() == 0:
+            payload = jobs.begin_submit(session, message_id, answer_within=_answer_within())
+    if claim is None:
+        if message_id in dispatch(own=message_id):
+            _submit_inline(message_id)
+        return accepted
+    ids, generation = claim
+    for job_id in ids:
+        if job_id != message_id:
+            submit.apply_async((job_id,))
+    if payload is not None:
+        _post(message_id, payload, generation=generation)
+        return accepted
+    if message_id in ids:
+        _submit_inline(message_id)  # the request budget is spent: it waits its turn
+    with session_scope() as session:
+        changed = jobs.dispatch_generation(session) != generation
+    if changed:
+        dispatch()
+    return accepted
 
 
 def dispatch(own: str | None = None, *, keep_first: bool = False) -> list[str]:
@@ -122,7 +179,7 @@ def dispatch(own: str | None = None, *, keep_first: bool = False) -> list[str]:
 def submit(self: Task, job_id: str, upstream_task_id: str | None = None) -> str:
     """POST one admitted job to the upstream, once (or only record an earlier POST's answer)."""
     if upstream_task_id is not None:
-        return _record_submitted(job_id, upstream_task_id, first_poll=0.0)
+        return _record_submitted(job_id, upstream_task_id, 0.0)
     outcome = submit_now(job_id)
     if isinstance(outcome, float):
         raise self.retry(countdown=outcome)
@@ -145,9 +202,10 @@ def _refill() -> None:
 
 
 def _dispatch_after_release(*, keep_first: bool = False) -> list[str]:
-    # With nothing queued there is nothing to admit; a job queued after our release was
-    # committed runs its own dispatch, which sees the free slot.
+    # Announce the free slot (a dispatcher holding the lock then makes another pass), and
+    # with nothing queued stop there: a job queued later dispatches after its own commit.
     with session_scope() as session:
+        jobs.announce_change(session)
         if not jobs.any_queued(session):
             return []
     return dispatch(keep_first=keep_first)
@@ -155,16 +213,28 @@ def _dispatch_after_release(*, keep_first: bool = False) -> list[str]:
 
 def submit_now(job_id: str) -> str | float:
     """POST one admitted job; the seconds to wait first when the request budget is spent."""
-    runtime = get_runtime()
-    wait = runtime.gate.acquire()
+    wait = get_runtime().gate.acquire()
     if wait > 0:
         return wait
-    settings = runtime.settings
-    answer_within = settings.connect_timeout + settings.read_timeout + 5
     with session_scope() as session:
-        payload = jobs.begin_submit(session, job_id, answer_within=answer_within)
+        payload = jobs.begin_submit(session, job_id, answer_within=_answer_within())
     if payload is None:
         return "skipped"  # a duplicate message, or the job moved on (cancelled, expired)
+    return _post(job_id, payload)
+
+
+def _answer_within() -> float:
+    settings = get_runtime().settings
+    return settings.connect_timeout + settings.read_timeout + 5
+
+
+def _post(job_id: str, payload: dict[str, Any], *, generation: int | None = None) -> str:
+    """Send a POST already marked as started, and act on its answer.
+
+    ``generation`` is the admission generation read by a claim this job made: it is
+    compared again when the answer is stored, and a change means another dispatch pass.
+    """
+    runtime = get_runtime()
     sent_at = time.monotonic()
     try:
         submitted = runtime.upstream.submit(payload)
@@ -183,22 +253,29 @@ def submit_now(job_id: str) -> str | float:
         _outcome_unknown(job_id, exc.message)
         return "unknown"
     # The upstream's clock started when it got the POST, not when we stored its answer.
-    first_poll = max(0.0, poll_delay(0, settings) - (time.monotonic() - sent_at))
+    first_poll = max(0.0, poll_delay(0, runtime.settings) - (time.monotonic() - sent_at))
     try:
-        return _record_submitted(job_id, submitted.task_id, first_poll)
+        return _record_submitted(job_id, submitted.task_id, first_poll, generation)
     except (OperationalError, InterfaceError):
         # The POST was accepted but the database is away: keep the answer in a message and
         # record it when the database is back, instead of leaving an unknown outcome.
         log.warning("job %s: storing upstream task id deferred (database unavailable)", job_id)
         submit.apply_async((job_id,), {"upstream_task_id": submitted.task_id}, countdown=2)
+        if generation is not None:
+            dispatch()
         return "record-deferred"
 
 
-def _record_submitted(job_id: str, upstream_task_id: str, first_poll: float) -> str:
+def _record_submitted(
+    job_id: str, upstream_task_id: str, first_poll: float, generation: int | None = None
+) -> str:
     with session_scope() as session:
         recorded = jobs.record_submitted(
             session, job_id, upstream_task_id, first_poll_in=first_poll
         )
+        changed = generation is not None and jobs.dispatch_generation(session) != generation
+    if changed:
+        dispatch()  # someone announced a change while our claim held the lock
     if recorded:
         poll.apply_async((job_id, 0), countdown=first_poll)
         return "submitted"

@@ -226,7 +226,7 @@ def inflight(
 
         stack.stop_workers()
         stack.http.post(f"{stack.sim_url}/_sim/reset")
-        console.print(f"naive: {naive_jobs} jobs, same workers and threads, sleep 1.5 s between GETs")
+        console.print(f"naive: {naive_jobs} jobs, same workers and threads, GET every 1.5 s")
         from bench import naive
 
         results_key = f"bench:naive:{uuid.uuid4().hex}"

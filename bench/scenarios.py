@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from api_schema import UPSTREAM_QUEUE
+from api_schema import MAINTENANCE_QUEUE, REQUESTS_QUEUE, UPSTREAM_QUEUE
 from api_schema.producer import producer_app
 
 from .report import emit, percentile, rss_bytes
@@ -185,8 +185,13 @@ def inflight(
     naive_jobs: int = 64,
     workers: int = 2,
     threads: int = 16,
+    split_queues: bool = False,
 ) -> dict[str, Any]:
-    """How many upstream tasks the host keeps in flight, and how fast it sees them end."""
+    """How many upstream tasks the host keeps in flight, and how fast it sees them end.
+
+    ``split_queues`` gives the upstream queue (submits, polls) worker processes of its own,
+    so polls never share threads with a backlog of new requests.
+    """
     env = {
         "IMAGEGEN_UPSTREAM_CONCURRENCY": "100000",
         "IMAGEGEN_UPSTREAM_RPM": "0",
@@ -206,9 +211,14 @@ def inflight(
     with local_stack(console, 11, **env) as stack:
         stack.start_sim(**sim_env)
         for i in range(workers):
-            stack.start_worker(f"bench{i}", concurrency=threads)
+            queues = None
+            if split_queues:  # odd workers take submits and polls, even ones new requests
+                upstream = i % 2 == 1
+                queues = UPSTREAM_QUEUE if upstream else f"{REQUESTS_QUEUE},{MAINTENANCE_QUEUE}"
+            stack.start_worker(f"bench{i}", concurrency=threads, queues=queues)
         console.print(
             f"ours: {jobs} jobs of {duration:.0f} s, {workers} workers x {threads} threads"
+            + (" (requests and upstream queues on separate workers)" if split_queues else "")
         )
         with RssSampler([w.popen.pid for w in stack.workers]) as rss:
             start = time.perf_counter()
@@ -263,7 +273,7 @@ def inflight(
     data = {
         "parameters": {
             "jobs": jobs, "duration": duration, "naive_jobs": naive_jobs,
-            "workers": workers, "threads": threads,
+            "workers": workers, "threads": threads, "split_queues": split_queues,
         },
         "ours": ours,
         "naive": naive_result,

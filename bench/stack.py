@@ -116,11 +116,13 @@ class LocalStack:
         beat: bool = False,
         concurrency: int = 8,
         argv: list[str] | None = None,
+        queues: str | None = None,
         **env: str,
     ) -> Proc:
         """Start one ``imagegen worker`` (or ``argv``) and wait until it answers a ping."""
         if argv is None:
             args = ["worker", "--hostname", f"{name}@%h", "--concurrency", str(concurrency)]
+            args += ["--queues", queues] if queues else []
             argv = imagegen_argv(*args, *(["--beat"] if beat else []))
         proc = self.sup.start(name, argv, env=self.env(**env))
         self.sup.wait_until(

@@ -347,6 +347,9 @@ def bench_inflight(
     naive_jobs: Annotated[int, typer.Option(help="Jobs for the naive design.")] = 64,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     threads: Annotated[int, typer.Option(help="Threads per worker.")] = 16,
+    split_queues: Annotated[
+        bool, typer.Option(help="Separate workers for new requests and for submits/polls.")
+    ] = False,
     output: BenchOutput = Path("bench-results"),
 ) -> None:
     """Upstream tasks kept in flight, detection lag, polls and memory; vs GET+sleep loops."""
@@ -354,7 +357,7 @@ def bench_inflight(
 
     inflight(
         out, output, jobs=jobs, duration=duration, naive_jobs=naive_jobs, workers=workers,
-        threads=threads,
+        threads=threads, split_queues=split_queues,
     )  # fmt: skip
 
 

@@ -136,7 +136,7 @@ def make_app() -> Celery:
         # message is published, and redelivered messages are no-ops (conditional updates).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=4,
+        worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
         # Redis re-delivers an unacked message after the visibility timeout. Every countdown
         # we schedule is far below it (Settings checks), or an early redelivery would
         # duplicate a poll (which the poll sequence number would then drop).

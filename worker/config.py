@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         default=None, description="Where result images are copied; unset keeps upstream URLs only."
     )
     worker_concurrency: int = Field(default=8, ge=1)
+    worker_prefetch_multiplier: int = Field(
+        default=4, ge=1, description="Messages a worker reserves per thread (Celery's setting)."
+    )
     flower_basic_auth: SecretStr | None = None
     flower_port: int = 5555
 

@@ -131,9 +131,7 @@ def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
             _submit_inline(message_id)
         return accepted
     ids, generation = claim
-    for job_id in ids:
-        if job_id != message_id:
-            submit.apply_async((job_id,))
+    _send_submits(ids, keep={message_id})
     if payload is not None:
         _post(message_id, payload, generation=generation)
         return accepted
@@ -146,7 +144,16 @@ def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
     return accepted
 
 
-def dispatch(own: str | None = None, *, keep_first: bool = False) -> list[str]:
+def _send_submits(ids: list[str], *, keep: set[str | None]) -> None:
+    """Publish the submit of each admitted job but those the caller POSTs itself."""
+    for job_id in ids:
+        if job_id not in keep:
+            submit.apply_async((job_id,))
+
+
+def dispatch(
+    own: str | None = None, *, keep_first: bool = False, announced: bool = False
+) -> list[str]:
     """Admit queued jobs into free upstream slots and send their submits.
 
     Call it after the change that may let a job in is committed. It never waits for
@@ -157,7 +164,7 @@ def dispatch(own: str | None = None, *, keep_first: bool = False) -> list[str]:
     """
     limit = get_runtime().settings.upstream_concurrency
     admitted: list[str] = []
-    announce = True
+    announce = not announced  # a caller that already announced need not bump it again
     while True:
         with session_scope() as session:
             claim = jobs.claim_for_submit(session, limit, announce=announce)
@@ -166,9 +173,7 @@ def dispatch(own: str | None = None, *, keep_first: bool = False) -> list[str]:
             return admitted  # the lock holder will see our announcement
         ids, generation = claim
         kept = {own} | ({ids[0]} if keep_first and ids and not admitted else set())
-        for job_id in ids:
-            if job_id not in kept:
-                submit.apply_async((job_id,))
+        _send_submits(ids, keep=kept)
         admitted += ids
         with session_scope() as session:
             if jobs.dispatch_generation(session) == generation:
@@ -208,7 +213,7 @@ def _dispatch_after_release(*, keep_first: bool = False) -> list[str]:
         jobs.announce_change(session)
         if not jobs.any_queued(session):
             return []
-    return dispatch(keep_first=keep_first)
+    return dispatch(keep_first=keep_first, announced=True)
 
 
 def submit_now(job_id: str) -> str | float:

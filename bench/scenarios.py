@@ -101,7 +101,15 @@ def _mb(value: float) -> str:
 
 
 def _jobs_by_status(stack: LocalStack) -> dict[str, int]:
-    return {str(s): int(n) for s, n in stack.sql("SELECT status, count(*) FROM jobs GROUP BY 1")}
+    """Jobs per status; a failed one is counted under ``failed:<error code>``."""
+    rows = stack.sql("SELECT status, error_code, count(*) FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")
+    return {(str(s) if code is None else f"{s}:{code}"): int(n) for s, code, n in rows}
+
+
+def _succeeded_row(statuses: dict[str, int], jobs: int) -> tuple[str, str, str]:
+    others = ", ".join(f"{n} {s}" for s, n in statuses.items() if s != "succeeded")
+    done = str(statuses.get("succeeded", 0)) + (f" ({others})" if others else "")
+    return ("jobs succeeded", done, str(jobs))
 
 
 # --- throughput ----------------------------------------------------------------------
@@ -166,7 +174,7 @@ def throughput(
         ("no-op Celery tasks/s", f"{noop_rate:.0f}", ""),
         ("pipeline jobs/s (accept, submit, poll, store)", f"{rate:.0f}", ""),
         ("ratio pipeline / no-op", f"{ratio:.2f}", ">= 0.25"),
-        ("jobs succeeded", str(statuses.get("succeeded", 0)), str(jobs)),
+        _succeeded_row(statuses, jobs),
         ("upstream polls per job", f"{stats['polls'] / jobs:.2f}", ""),
     ]
     emit(console, "throughput", rows, data, output)
@@ -297,7 +305,7 @@ def inflight(
         ("  naive", f"{naive_result['polls_per_job']:.2f}", ""),
         ("worker RSS peak (all processes)", _mb(ours["worker_rss_peak_bytes"]), "<= 500 MB"),
         ("  naive", _mb(naive_result["worker_rss_peak_bytes"]), ""),
-        ("jobs succeeded", str(ours["statuses"].get("succeeded", 0)), str(jobs)),
+        _succeeded_row(ours["statuses"], jobs),
     ]
     emit(console, "inflight", rows, data, output)
     return data
@@ -404,7 +412,7 @@ def utilization(
         ("  refill latency p50 / p99 (stored -> next POST)", _pair(refill), ""),
         ("upstream 429s", str(rejected), "0"),
         ("max upstream concurrency", str(stats["max_concurrency"]), f"<= {limit}"),
-        ("jobs succeeded", str(statuses.get("succeeded", 0)), str(jobs)),
+        _succeeded_row(statuses, jobs),
     ]
     emit(console, "utilization", rows, data, output)
     return data

@@ -13,8 +13,9 @@ from typing import Any, cast
 
 import httpx
 from redis import Redis
-from sqlalchemy import CursorResult, create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from api_schema import GENERATE_TASK, REQUESTS_QUEUE, JobView
 from api_schema.producer import producer_app
@@ -38,6 +39,7 @@ class LocalStack:
     sim: Proc | None = None
     workers: list[Proc] = field(default_factory=list)
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+    _engine: Engine | None = field(default=None, repr=False)
 
     @classmethod
     def create(
@@ -73,6 +75,8 @@ class LocalStack:
         from worker.db import reset_engine
 
         reset_engine()
+        if self._engine is not None:
+            self._engine.dispose()
         drop_database(self.database_url)
 
     def env(self, **overrides: str) -> dict[str, str]:
@@ -171,22 +175,26 @@ class LocalStack:
         )
         return job_id
 
+    @property
+    def engine(self) -> Engine:
+        """This process's connections to the stack's database (checked before each use, so
+        they survive a database restart that the fault tests cause)."""
+        if self._engine is None:
+            self._engine = create_engine(self.database_url, pool_pre_ping=True)
+        return self._engine
+
     def views(self, job_ids: Iterable[str]) -> dict[str, JobView | None]:
         """The current JobView of each job."""
         from worker import jobs
-        from worker.db import session_scope
 
-        with session_scope() as session:
+        with Session(self.engine) as session:
             return {j: jobs.view(session, j) for j in job_ids}
 
     def sql(self, statement: str, **params: Any) -> list[Any]:
         """Run SQL against the stack's database and return the rows."""
-        from worker.db import session_scope
-
-        with session_scope() as session:
-            result = session.execute(text(statement), params)
-            returns_rows = isinstance(result, CursorResult) and result.returns_rows
-            return list(result.all()) if returns_rows else []
+        with self.engine.begin() as connection:
+            result = connection.execute(text(statement), params)
+            return list(result.all()) if result.returns_rows else []
 
     def count_ended(self) -> int:
         """Jobs in a terminal status."""

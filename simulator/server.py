@@ -21,7 +21,15 @@ def serve(
 ) -> None:
     """Serve the simulator until interrupted (access log off)."""
     uv_config = uvicorn.Config(
-        create_app(config), host=host, port=port, log_level=log_level, access_log=False
+        create_app(config),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        # Keep idle connections open like an API load balancer does (60 s or more), longer
+        # than httpx keeps them (5 s): with uvicorn's 5 s both ends time out together, and
+        # a request sent on a connection the server is closing fails with no answer.
+        timeout_keep_alive=75,
     )
     # uvicorn configures its loggers in Config(), so the filter goes on afterwards.
     logging.getLogger("uvicorn.error").addFilter(_DropFilter())

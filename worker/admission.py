@@ -1,6 +1,6 @@
 """The upstream's team-wide request budget, shared by every worker through Redis.
 
-Concurrency slots live in PostgreSQL (``jobs.claim_for_submit``): a slot is a job row in
+Concurrency slots live in PostgreSQL (``jobs.admit``): a slot is a job row in
 ``submitting``, ``pending`` or ``processing``, so a crashed worker's slot comes back when
 its job ends, and nothing has to be "released" by hand. The request rate and the upstream's
 "back off" signals live here, in Redis, because they are short-lived and must be shared.

@@ -6,6 +6,8 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
@@ -87,6 +89,21 @@ def envelope_problem(entry: object) -> str | None:
 
 
 class _GuardedChannel(kombu_redis.Channel):
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        # kombu builds a new redis.Redis object (and its callback tables) for every publish;
+        # one client per connection pool does the same work (redis-py clients are
+        # thread-safe, each command takes a connection from the pool).
+        if client:
+            yield client
+            return
+        pool = self.pool
+        cached = self.__dict__.get("_shared_client")
+        if cached is None or cached[0] is not pool:
+            cached = (pool, self._create_client())
+            self.__dict__["_shared_client"] = cached
+        yield cached[1]
+
     def _brpop_read(self, **options: Any) -> Any:
         try:
             return super()._brpop_read(**options)

@@ -87,6 +87,9 @@ def worker(
 
     from .celery_app import app as celery_app
 
+    if concurrency:  # the database pool is sized from the setting
+        os.environ["IMAGEGEN_WORKER_CONCURRENCY"] = str(concurrency)
+        get_settings.cache_clear()
     argv = [
         "worker",
         f"--loglevel={loglevel}",

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import get_settings
@@ -18,10 +18,15 @@ def _state() -> tuple[Engine, sessionmaker[Session]]:
     global _engine
     # A prefork child must not reuse the parent's sockets: rebuild when the pid changed.
     if _engine is None or _engine[0] != os.getpid():
+        settings = get_settings()
         engine = create_engine(
-            get_settings().database_url,
-            pool_pre_ping=True,
-            pool_size=10,
+            settings.database_url,
+            # No ping before each checkout (a round trip per transaction): a connection
+            # broken by a database restart fails its statement, SQLAlchemy then discards
+            # the whole pool, and the task is retried (tasks.INFRA_ERRORS).
+            pool_pre_ping=False,
+            # a connection per worker thread, plus the admission calls between transactions
+            pool_size=max(5, settings.worker_concurrency + 2),
             max_overflow=10,
             pool_recycle=1800,
         )
@@ -48,3 +53,20 @@ def session_scope() -> Iterator[Session]:
     factory = _state()[1]
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def transaction() -> Iterator[Connection]:
+    """A connection in a transaction that commits on success and rolls back on error.
+
+    The workers' hot path: the state machine runs on it without the ORM session's cost.
+    """
+    with get_engine().begin() as connection:
+        yield connection
+
+
+@contextmanager
+def autocommit() -> Iterator[Connection]:
+    """A connection where each statement commits on its own (for ``jobs.admit``)."""
+    with get_engine().connect() as connection:
+        yield connection.execution_options(isolation_level="AUTOCOMMIT")

@@ -13,14 +13,20 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final, cast
 
 from pydantic import ValidationError
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     CursorResult,
     Executable,
+    Interval,
+    Row,
     Table,
+    TextClause,
+    bindparam,
     func,
     select,
     text,
@@ -38,7 +44,7 @@ from api_schema import (
     describe_validation_error,
 )
 
-from .models import DISPATCH_GENERATION, Job, JobAlias, JobEvent, JobImage
+from .models import Job, JobAlias, JobEvent, JobImage
 
 S = JobStatus
 #: Legal transitions, as data. Anything else is refused.
@@ -56,8 +62,6 @@ LIVE: Final = (S.QUEUED, S.SUBMITTING, S.PENDING, S.PROCESSING)
 #: Jobs that hold one of the team's upstream concurrency slots.
 HOLDING_SLOT: Final = (S.SUBMITTING, S.PENDING, S.PROCESSING)
 POLLED: Final = (S.PENDING, S.PROCESSING)
-# One advisory lock serialises admission across every worker process and host.
-ADMISSION_LOCK_KEY: Final = 0x1A6E6E01
 MAX_ERROR_MESSAGE: Final = 2000
 
 
@@ -75,10 +79,10 @@ def _event(job_id: str, old: str | None, new: str, detail: str | None = None) ->
     }
 
 
-def _record(session: Session, *events: dict[str, Any]) -> None:
+def _record(session: Db, *events: dict[str, Any]) -> None:
     # A Core insert: no unit-of-work flush for rows nobody reads back in this transaction.
     if events:
-        _run(session, insert(E), list(events))
+        _run(session, _INSERT_EVENT, list(events))
 
 
 # Hot-path statements are Core statements on the tables, run on the session's connection:
@@ -89,14 +93,68 @@ I = cast(Table, JobImage.__table__)  # noqa: E741
 A = cast(Table, JobAlias.__table__)
 
 
-def _run(
-    session: Session, statement: Executable, params: Any = None
-) -> CursorResult[*tuple[Any, ...]]:
-    return session.connection().execute(statement, params)
+def _later(name: str) -> ColumnElement[datetime]:
+    # the database clock plus a bound interval (a timedelta)
+    return func.now() + bindparam(name, type_=Interval())
 
 
-def _scalar(session: Session, statement: Executable) -> Any:
-    return session.connection().execute(statement).scalar()
+# The statements every job runs, built once: no per-call construction or cache-key work.
+_INSERT_EVENT: Final = insert(E)
+_INSERT_JOB: Final = (
+    insert(J)
+    .values(
+        id=bindparam("p_id"),
+        status=S.QUEUED.value,
+        priority=bindparam("p_priority"),
+        request=bindparam("p_request", type_=J.c.request.type),
+        idempotency_key=bindparam("p_key"),
+        metadata=bindparam("p_metadata", type_=J.c.metadata.type),
+        deadline_at=_later("p_deadline"),
+        next_check_at=func.now(),
+    )
+    .on_conflict_do_nothing()
+    .returning(J.c.id)
+)
+_BEGIN_SUBMIT: Final = (
+    update(J)
+    .where(
+        J.c.id == bindparam("p_id"),
+        J.c.status == S.SUBMITTING.value,
+        J.c.submit_started_at.is_(None),
+    )
+    .values(
+        submit_started_at=func.now(),
+        submit_attempts=J.c.submit_attempts + 1,
+        updated_at=func.now(),
+        next_check_at=_later("p_answer"),
+    )
+    .returning(J.c.request)
+)
+_CLAIM_POLL: Final = (
+    update(J)
+    .where(
+        J.c.id == bindparam("p_id"),
+        J.c.status.in_([S.PENDING.value, S.PROCESSING.value]),
+        J.c.poll_count == bindparam("p_seq"),
+        J.c.upstream_task_id.is_not(None),
+    )
+    .values(poll_count=J.c.poll_count + 1, next_check_at=_later("p_hold"))
+    .returning(J.c.upstream_task_id, J.c.status, J.c.deadline_at <= func.now())
+)
+
+
+#: Where the state machine runs: a plain connection in a transaction (the workers' hot
+#: path, no ORM overhead) or a session (the CLI and anything that reads whole jobs).
+Db = Session | Connection
+
+
+def _run(session: Db, statement: Executable, params: Any = None) -> CursorResult[*tuple[Any, ...]]:
+    connection = session if isinstance(session, Connection) else session.connection()
+    return connection.execute(statement, params)
+
+
+def _scalar(session: Db, statement: Executable, params: Any = None) -> Any:
+    return _run(session, statement, params).scalar()
 
 
 class IllegalTransitionError(ValueError):
@@ -107,8 +165,52 @@ def _after(seconds: float) -> ColumnElement[datetime]:
     return func.now() + timedelta(seconds=seconds)
 
 
+class _Now:
+    """A transition value: the database clock at the time of the change."""
+
+    def __repr__(self) -> str:
+        return "NOW"
+
+
+NOW: Final = _Now()
+
+
+@dataclass(frozen=True)
+class After:
+    """A transition value: the database clock plus ``seconds``."""
+
+    seconds: float
+
+
+def _assignment(column: str, value: object, params: dict[str, Any]) -> str:
+    if column not in J.c:
+        raise ValueError(f"jobs has no column {column!r}")
+    if value is NOW:
+        return f"{column} = now()"
+    params[column] = float(value.seconds) if isinstance(value, After) else value
+    if isinstance(value, After):
+        return f"{column} = now() + make_interval(secs => :{column})"
+    return f"{column} = :{column}"
+
+
+@lru_cache(maxsize=256)
+def _transition_sql(to: str, sources: tuple[str, ...], assignments: tuple[str, ...]) -> TextClause:
+    # One round trip: lock the row, move it if it is in one of ``sources``, log the event.
+    # Only status names and checked column names are spliced in; every value is bound.
+    allowed = ", ".join(f"'{s}'" for s in sources)
+    sets = ", ".join((f"status = '{to}'", "updated_at = now()", *assignments))
+    return text(
+        "WITH old AS (SELECT id, status FROM jobs WHERE id = :job_id FOR UPDATE), "  # noqa: S608
+        f"moved AS (UPDATE jobs SET {sets} FROM old "
+        f"WHERE jobs.id = old.id AND jobs.status IN ({allowed}) RETURNING old.status AS old), "
+        "logged AS (INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
+        f"SELECT :job_id, moved.old, '{to}', :detail, :worker FROM moved) "
+        "SELECT old FROM moved"
+    )
+
+
 def transition(
-    session: Session,
+    session: Db,
     job_id: str,
     to: JobStatus,
     *,
@@ -120,31 +222,24 @@ def transition(
 
     ``expected`` defaults to every status from which ``to`` is legal. Returns None (and
     changes nothing) when the job is not in one of them: someone else moved it first.
+    ``values`` are other columns to set: plain values, ``NOW`` or ``After(seconds)``.
     """
     sources = [s for s in TRANSITIONS if to in TRANSITIONS[s]] if expected is None else [*expected]
     illegal = [s for s in sources if to not in TRANSITIONS[s]]
     if illegal or not sources:
         raise IllegalTransitionError(f"{illegal or sources} -> {to}")
     if to in (S.SUCCEEDED, S.FAILED, S.CANCELLED):
-        values.setdefault("finished_at", func.now())
+        values.setdefault("finished_at", NOW)
         values.setdefault("next_check_at", None)
-    old = select(J.c.id, J.c.status.label("old")).where(J.c.id == job_id).with_for_update()
-    old_sq = old.subquery()
-    row = _run(
-        session,
-        update(J)
-        .where(J.c.id == old_sq.c.id, J.c.status.in_([s.value for s in sources]))
-        .values(status=to.value, updated_at=func.now(), **values)
-        .returning(old_sq.c.old),
-    ).first()
-    if row is None:
-        return None
-    _record(session, _event(job_id, row.old, to.value, detail))
-    return JobStatus(row.old)
+    params: dict[str, Any] = {"job_id": job_id, "detail": detail, "worker": ACTOR.get()}
+    assignments = tuple(_assignment(column, v, params) for column, v in sorted(values.items()))
+    statement = _transition_sql(to.value, tuple(s.value for s in sources), assignments)
+    old = _scalar(session, statement, params)
+    return None if old is None else JobStatus(old)
 
 
 def fail(
-    session: Session,
+    session: Db,
     job_id: str,
     code: ErrorCode,
     message: str,
@@ -175,9 +270,7 @@ class Accepted:
     created: bool  # False for a redelivery or a reused idempotency key
 
 
-def accept(
-    session: Session, message_id: str, raw: object, *, default_deadline_seconds: int
-) -> Accepted:
+def accept(session: Db, message_id: str, raw: object, *, default_deadline_seconds: int) -> Accepted:
     """Validate one request and record it as a queued job, or as a failed one if invalid.
 
     A redelivered message (same id) and a reused idempotency key both return the existing
@@ -194,28 +287,25 @@ def accept(
     deadline = request.deadline_seconds or default_deadline_seconds
     inserted = _run(
         session,
-        insert(J)
-        .values(
-            id=message_id,
-            status=S.QUEUED.value,
-            priority=request.priority,
-            request=request.model_dump(mode="json", exclude_none=True),
-            idempotency_key=request.idempotency_key,
-            metadata=request.metadata,
-            deadline_at=_after(deadline),
-            next_check_at=func.now(),
-        )
-        .on_conflict_do_nothing()
-        .returning(J.c.id),
+        _INSERT_JOB,
+        {
+            "p_id": message_id,
+            "p_priority": request.priority,
+            "p_request": request.model_dump(mode="json", exclude_none=True),
+            "p_key": request.idempotency_key,
+            "p_metadata": request.metadata,
+            "p_deadline": timedelta(seconds=deadline),
+        },
     ).first()
     if inserted is not None:
         _record(session, _event(message_id, None, S.QUEUED.value))
         return Accepted(message_id, S.QUEUED, created=True)
     # A redelivery, the same message running twice at once, or the key is taken.
-    existing = resolve(session, message_id)
+    existing = _find(session, message_id)
     if existing is None and request.idempotency_key is not None:
-        existing = session.scalars(
-            select(Job).where(J.c.idempotency_key == request.idempotency_key)
+        existing = _run(
+            session,
+            select(J.c.id, J.c.status).where(J.c.idempotency_key == request.idempotency_key),
         ).first()
         if existing is not None:
             _run(
@@ -227,7 +317,7 @@ def accept(
     return Accepted(existing.id, JobStatus(existing.status), created=False)
 
 
-def record_invalid(session: Session, job_id: str, message: str) -> Accepted:
+def record_invalid(session: Db, job_id: str, message: str) -> Accepted:
     """Record a request that cannot be run as a failed ``invalid_request`` job."""
     message = message[:MAX_ERROR_MESSAGE]
     inserted = _run(
@@ -249,10 +339,24 @@ def record_invalid(session: Session, job_id: str, message: str) -> Accepted:
         detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
         _record(session, _event(job_id, None, S.FAILED.value, detail))
         return Accepted(job_id, S.FAILED, created=True)
-    existing = resolve(session, job_id)  # a redelivery: report what the job became
+    existing = _find(session, job_id)  # a redelivery: report what the job became
     if existing is None:
         return Accepted(job_id, S.FAILED, created=False)
     return Accepted(existing.id, JobStatus(existing.status), created=False)
+
+
+def _find(session: Db, job_id: str) -> Row[tuple[str, str]] | None:
+    """(id, status) of the job ``job_id`` names, following an idempotency alias."""
+    return _run(
+        session,
+        select(J.c.id, J.c.status).where(
+            J.c.id.in_(
+                select(J.c.id)
+                .where(J.c.id == job_id)
+                .union_all(select(A.c.job_id).where(A.c.alias_id == job_id))
+            )
+        ),
+    ).first()
 
 
 def resolve(session: Session, job_id: str, *, with_images: bool = False) -> Job | None:
@@ -265,111 +369,42 @@ def resolve(session: Session, job_id: str, *, with_images: bool = False) -> Job 
     return session.get(Job, alias.job_id, options=options) if alias is not None else None
 
 
-def announce_change(session: Session) -> None:
-    """Tell the admission dispatcher that a slot or a queued job may have appeared.
-
-    Call it after the change is committed: sequences are not transactional, so the
-    dispatcher holding the lock sees the bump at once and makes another pass.
-    """
-    _run(session, select(DISPATCH_GENERATION.next_value()))
+#: The advisory lock ``imagegen_admit`` takes (0x1A6E6E01).
+ADMISSION_LOCK_KEY: Final = 443444737
+#: Admission, done inside PostgreSQL (migration 0004): under one advisory lock it counts
+#: the jobs holding slots and moves the most urgent, oldest queued jobs into the free ones.
+_ADMIT: Final = text("SELECT job_id FROM imagegen_admit(:slot_limit, :actor)")
 
 
-def any_queued(session: Session) -> bool:
-    """Whether a queued job is visible (one index probe)."""
-    return bool(
-        _scalar(session, select(select(J.c.id).where(J.c.status == S.QUEUED.value).exists()))
-    )
-
-
-def dispatch_generation(session: Session) -> int:
-    """How many changes have been announced so far."""
-    # before its first nextval a sequence shows last_value 1 too: is_called tells them apart
-    value = _scalar(
-        session,
-        text(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
-            "FROM imagegen_dispatch_generation"
-        ),
-    )
-    return int(value or 0)
-
-
-def claim_for_submit(
-    session: Session, limit: int, *, announce: bool = False
-) -> tuple[list[str], int] | None:
+def admit(connection: Connection, limit: int) -> list[str]:
     """Admit queued jobs into free upstream slots; return their ids (now ``submitting``).
 
-    Serialised by a transaction-level advisory lock, so the count of slot holders and the
-    claim are one atomic step across every worker. Most urgent first, then oldest. Returns
-    None, without waiting, when another worker holds the lock; with the ids, the dispatch
-    generation read under the lock, so the caller can tell whether anything changed since.
-    ``announce`` first bumps the generation (the caller's change must be committed).
+    Run it on an autocommit connection, after the change that may let a job in (a new
+    queued job, a freed slot) is committed. The admission lock serialises every worker's
+    call across processes and hosts, and is held only while the function runs inside
+    PostgreSQL: a caller waits for it (microseconds) instead of skipping, so no change is
+    ever missed and no announce-and-retry protocol is needed. Most urgent first, then
+    oldest; nothing when the upstream is full.
     """
-    if announce:
-        announce_change(session)
-    if not _scalar(session, select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK_KEY))):
-        return None
-    generation = dispatch_generation(session)
-    holding = _scalar(
-        session,
-        select(func.count())
-        .select_from(Job)
-        .where(J.c.status.in_([s.value for s in HOLDING_SLOT])),
-    )
-    free = limit - int(holding or 0)
-    if free <= 0:
-        return [], generation
-    ids = list(
-        session.scalars(
-            select(J.c.id)
-            .where(J.c.status == S.QUEUED.value, J.c.deadline_at > func.now())
-            .order_by(J.c.priority.desc(), J.c.created_at, J.c.id)
-            .limit(free)
-            .with_for_update(skip_locked=True)
-        )
-    )
-    if not ids:
-        return [], generation
-    _run(
-        session,
-        update(J)
-        .where(J.c.id.in_(ids))
-        .values(
-            status=S.SUBMITTING.value,
-            updated_at=func.now(),
-            submit_started_at=None,
-            next_check_at=func.now(),
-        ),
-    )
-    _record(session, *(_event(i, S.QUEUED.value, S.SUBMITTING.value) for i in ids))
-    return ids, generation
+    rows = _run(connection, _ADMIT, {"slot_limit": limit, "actor": ACTOR.get()})
+    return [str(r[0]) for r in rows]
 
 
-def begin_submit(session: Session, job_id: str, *, answer_within: float) -> dict[str, Any] | None:
+def begin_submit(session: Db, job_id: str, *, answer_within: float) -> dict[str, Any] | None:
     """Mark the POST as under way and return the upstream payload; None if not ours to send.
 
     Committed before the POST: a job found later with ``submit_started_at`` set and no
     upstream task id is one whose POST outcome is unknown, and is never sent again blindly.
     """
-    row = _run(
-        session,
-        update(J)
-        .where(J.c.id == job_id, J.c.status == S.SUBMITTING.value, J.c.submit_started_at.is_(None))
-        .values(
-            submit_started_at=func.now(),
-            submit_attempts=J.c.submit_attempts + 1,
-            updated_at=func.now(),
-            next_check_at=_after(answer_within),
-        )
-        .returning(J.c.request),
-    ).first()
+    params = {"p_id": job_id, "p_answer": timedelta(seconds=answer_within)}
+    row = _run(session, _BEGIN_SUBMIT, params).first()
     if row is None or row.request is None:
         return None
     return GenerationRequest.model_validate(row.request).upstream_payload()
 
 
 def record_submitted(
-    session: Session, job_id: str, upstream_task_id: str, *, first_poll_in: float
+    session: Db, job_id: str, upstream_task_id: str, *, first_poll_in: float
 ) -> bool:
     """The upstream accepted the POST: store its task id, the job is now ``pending``."""
     return (
@@ -379,14 +414,14 @@ def record_submitted(
             S.PENDING,
             expected=[S.SUBMITTING],
             upstream_task_id=upstream_task_id,
-            submitted_at=func.now(),
-            next_check_at=_after(first_poll_in),
+            submitted_at=NOW,
+            next_check_at=After(first_poll_in),
         )
         is not None
     )
 
 
-def requeue(session: Session, job_id: str, reason: str) -> bool:
+def requeue(session: Db, job_id: str, reason: str) -> bool:
     """The upstream definitely did not accept the POST: give the slot back, wait again."""
     left = transition(
         session,
@@ -395,7 +430,7 @@ def requeue(session: Session, job_id: str, reason: str) -> bool:
         expected=[S.SUBMITTING],
         detail=reason[:MAX_ERROR_MESSAGE],
         submit_started_at=None,
-        next_check_at=func.now(),
+        next_check_at=NOW,
     )
     return left is not None
 
@@ -410,30 +445,20 @@ class PollTicket:
     overdue: bool  # the job's deadline has passed
 
 
-def claim_poll(session: Session, job_id: str, seq: int, *, hold_for: float) -> PollTicket | None:
+def claim_poll(session: Db, job_id: str, seq: int, *, hold_for: float) -> PollTicket | None:
     """Claim poll ``seq`` of a submitted job; None for a stale or duplicate poll message.
 
     Each poll message carries the sequence number it expects; claiming bumps it, so when
     a crash or a sweep leaves two poll chains for one job, only one of them goes on.
     """
-    row = _run(
-        session,
-        update(J)
-        .where(
-            J.c.id == job_id,
-            J.c.status.in_([s.value for s in POLLED]),
-            J.c.poll_count == seq,
-            J.c.upstream_task_id.is_not(None),
-        )
-        .values(poll_count=J.c.poll_count + 1, next_check_at=_after(hold_for))
-        .returning(J.c.upstream_task_id, J.c.status, J.c.deadline_at <= func.now()),
-    ).first()
+    params = {"p_id": job_id, "p_seq": seq, "p_hold": timedelta(seconds=hold_for)}
+    row = _run(session, _CLAIM_POLL, params).first()
     if row is None:
         return None
     return PollTicket(str(row[0]), JobStatus(row[1]), seq + 1, bool(row[2]))
 
 
-def mark_processing(session: Session, job_id: str) -> bool:
+def mark_processing(session: Db, job_id: str) -> bool:
     """The upstream started working on the task."""
     return transition(session, job_id, S.PROCESSING, expected=[S.PENDING]) is not None
 
@@ -450,7 +475,7 @@ class Outcome:
 
 
 def succeed(
-    session: Session,
+    session: Db,
     job_id: str,
     outcome: Outcome,
     *,
@@ -554,7 +579,7 @@ def view(session: Session, job_id: str) -> JobView | None:
 # --- the sweeper's queries -------------------------------------------------------------
 
 
-def expire_overdue(session: Session) -> list[str]:
+def expire_overdue(session: Db) -> list[str]:
     """Fail every live job past its deadline that nothing else will end.
 
     Queued jobs and jobs whose POST has not started are failed here; submitted ones are
@@ -594,7 +619,7 @@ class Overdue:
     poll_count: int
 
 
-def take_overdue(session: Session, *, stale_after: float, recheck_in: float) -> list[Overdue]:
+def take_overdue(session: Db, *, stale_after: float, recheck_in: float) -> list[Overdue]:
     """Claim jobs past ``next_check_at + stale_after`` and push their next check forward.
 
     Queued jobs are not listed: admission finds them. The push makes a second sweeper
@@ -616,12 +641,12 @@ def take_overdue(session: Session, *, stale_after: float, recheck_in: float) -> 
     ]
 
 
-def counts(session: Session) -> dict[str, int]:
+def counts(session: Db) -> dict[str, int]:
     """Number of jobs in each status."""
     rows = _run(session, select(J.c.status, func.count()).group_by(J.c.status)).all()
     return {str(status): int(n) for status, n in rows}
 
 
-def ping(session: Session) -> None:
+def ping(session: Db) -> None:
     """Fail loudly when the database is unreachable or not migrated."""
     _run(session, text("SELECT 1 FROM jobs LIMIT 0"))

@@ -13,7 +13,6 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
-    Sequence,
     SmallInteger,
     String,
     Text,
@@ -84,11 +83,6 @@ class Job(Base):
             postgresql_where=text("status IN ('queued','submitting','pending','processing')"),
         ),
     )
-
-
-#: Bumped (outside any transaction) after every change that may let a queued job in; the
-#: dispatcher holding the admission lock rereads it to know whether to make another pass.
-DISPATCH_GENERATION = Sequence("imagegen_dispatch_generation", metadata=Base.metadata)
 
 
 class JobEvent(Base):

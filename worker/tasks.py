@@ -17,7 +17,7 @@ from api_schema import ErrorCode, ImageView, JobStatus, names
 
 from . import jobs
 from .celery_app import app
-from .db import reset_engine, session_scope
+from .db import autocommit, reset_engine, transaction
 from .modellix import OutcomeUnknownError, PermanentError, RetryableError, TaskState, UpstreamError
 from .polling import poll_delay, retry_delay
 from .runtime import Runtime, get_runtime, reset_runtime
@@ -36,6 +36,8 @@ _RETRY_INFRA: dict[str, Any] = {
 }
 MAX_JOB_ID = 64
 NOOP_TASK = "imagegen.noop"
+#: How many of the jobs its admission lets in a task POSTs itself (the rest get messages).
+INLINE_SUBMITS = 4
 UNSTORABLE = "text with a NUL character or an unpaired surrogate cannot be stored"
 
 
@@ -91,12 +93,12 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
         return {"job_id": ascii(message_id)[:MAX_JOB_ID], "status": "dropped"}
     unstorable = _unstorable(kwargs, "") or _unstorable(args, "args")
     if unstorable is not None:
-        with session_scope() as session:
+        with transaction() as session:
             accepted = jobs.record_invalid(session, message_id, f"{unstorable}: {UNSTORABLE}")
     elif args or set(kwargs) != {"request"}:
         got = ", ".join(sorted(kwargs)) or "none"
         detail = f"{len(args)} positional argument(s), kwargs: {got}"
-        with session_scope() as session:
+        with transaction() as session:
             accepted = jobs.record_invalid(
                 session, message_id, f"message: expected kwargs {{'request': ...}}, got {detail}"
             )
@@ -108,76 +110,36 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
 
 
 def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
-    """Record a request and, in the same transaction, try to admit it and start its POST.
+    """Record a request, then admit what fits upstream and POST the first admitted jobs.
 
-    The fast path of a new job is two transactions: this one, and the one storing the
-    upstream task id. When another worker holds the admission lock it falls back to the
-    ordinary dispatch after commit (that holder could not see our uncommitted job).
+    Admission takes every queued job that fits, not only this one: a worker accepting a
+    request at the same moment may have admitted ours already, and ours may admit theirs.
+    Whoever admits a job POSTs it from the same task (up to ``INLINE_SUBMITS``), so a new
+    job normally reaches the upstream without another message hop.
     """
-    runtime = get_runtime()
-    settings = runtime.settings
-    payload = None
-    with session_scope() as session:
+    settings = get_runtime().settings
+    with transaction() as session:
         accepted = jobs.accept(
             session, message_id, raw, default_deadline_seconds=settings.default_deadline_seconds
         )
-        if not (accepted.created and accepted.status is JobStatus.QUEUED):
-            return accepted
-        claim = jobs.claim_for_submit(session, settings.upstream_concurrency)
-        if claim is not None and message_id in claim[0] and runtime.gate.acquire() == 0:
-            payload = jobs.begin_submit(session, message_id, answer_within=_answer_within())
-    if claim is None:
-        if message_id in dispatch(own=message_id):
-            _submit_inline(message_id)
-        return accepted
-    ids, generation = claim
-    _send_submits(ids, keep={message_id})
-    if payload is not None:
-        _post(message_id, payload, generation=generation)
-        return accepted
-    if message_id in ids:
-        _submit_inline(message_id)  # the request budget is spent: it waits its turn
-    with session_scope() as session:
-        changed = jobs.dispatch_generation(session) != generation
-    if changed:
-        dispatch()
+    if accepted.status is JobStatus.QUEUED:  # also a redelivery that stopped before this
+        for job_id in dispatch(inline=INLINE_SUBMITS):
+            _submit_inline(job_id)
     return accepted
 
 
-def _send_submits(ids: list[str], *, keep: set[str | None]) -> None:
-    """Publish the submit of each admitted job but those the caller POSTs itself."""
-    for job_id in ids:
-        if job_id not in keep:
-            submit.apply_async((job_id,))
+def dispatch(*, inline: int = 0) -> list[str]:
+    """Admit queued jobs into free upstream slots; return the first ``inline`` of them.
 
-
-def dispatch(
-    own: str | None = None, *, keep_first: bool = False, announced: bool = False
-) -> list[str]:
-    """Admit queued jobs into free upstream slots and send their submits.
-
-    Call it after the change that may let a job in is committed. It never waits for
-    another dispatcher: it announces the change, so whoever holds the admission lock sees
-    it and makes another pass. The job ``own`` is not sent when admitted, nor (with
-    ``keep_first``) the first one admitted: the caller submits it itself, saving the
-    message hop between a slot freeing and the next POST.
+    Call it after the change that may let a job in (a new queued job, a freed slot) is
+    committed. The caller POSTs the jobs returned to it (saving the message hop between a
+    slot freeing and the next POST); every other admitted job gets a submit message.
     """
-    limit = get_runtime().settings.upstream_concurrency
-    admitted: list[str] = []
-    announce = not announced  # a caller that already announced need not bump it again
-    while True:
-        with session_scope() as session:
-            claim = jobs.claim_for_submit(session, limit, announce=announce)
-        announce = False
-        if claim is None:
-            return admitted  # the lock holder will see our announcement
-        ids, generation = claim
-        kept = {own} | ({ids[0]} if keep_first and ids and not admitted else set())
-        _send_submits(ids, keep=kept)
-        admitted += ids
-        with session_scope() as session:
-            if jobs.dispatch_generation(session) == generation:
-                return admitted
+    with autocommit() as connection:
+        admitted = jobs.admit(connection, get_runtime().settings.upstream_concurrency)
+    for job_id in admitted[inline:]:
+        submit.apply_async((job_id,))
+    return admitted[:inline]
 
 
 @app.task(name=names.SUBMIT_TASK, bind=True, **_RETRY_INFRA)
@@ -201,19 +163,8 @@ def _submit_inline(job_id: str) -> str:
 
 def _refill() -> None:
     """A slot was freed by a poll: admit the next job and submit it from here."""
-    admitted = _dispatch_after_release(keep_first=True)
-    if admitted:
-        _submit_inline(admitted[0])
-
-
-def _dispatch_after_release(*, keep_first: bool = False) -> list[str]:
-    # Announce the free slot (a dispatcher holding the lock then makes another pass), and
-    # with nothing queued stop there: a job queued later dispatches after its own commit.
-    with session_scope() as session:
-        jobs.announce_change(session)
-        if not jobs.any_queued(session):
-            return []
-    return dispatch(keep_first=keep_first, announced=True)
+    for job_id in dispatch(inline=INLINE_SUBMITS):
+        _submit_inline(job_id)
 
 
 def submit_now(job_id: str) -> str | float:
@@ -221,7 +172,7 @@ def submit_now(job_id: str) -> str | float:
     wait = get_runtime().gate.acquire()
     if wait > 0:
         return wait
-    with session_scope() as session:
+    with transaction() as session:
         payload = jobs.begin_submit(session, job_id, answer_within=_answer_within())
     if payload is None:
         return "skipped"  # a duplicate message, or the job moved on (cancelled, expired)
@@ -233,12 +184,8 @@ def _answer_within() -> float:
     return settings.connect_timeout + settings.read_timeout + 5
 
 
-def _post(job_id: str, payload: dict[str, Any], *, generation: int | None = None) -> str:
-    """Send a POST already marked as started, and act on its answer.
-
-    ``generation`` is the admission generation read by a claim this job made: it is
-    compared again when the answer is stored, and a change means another dispatch pass.
-    """
+def _post(job_id: str, payload: dict[str, Any]) -> str:
+    """Send a POST already marked as started, and act on its answer."""
     runtime = get_runtime()
     sent_at = time.monotonic()
     try:
@@ -246,7 +193,7 @@ def _post(job_id: str, payload: dict[str, Any], *, generation: int | None = None
     except RetryableError as exc:
         # Definitely not accepted: back in the queue, and if the upstream asked, everyone waits.
         _throttle(runtime, exc)
-        with session_scope() as session:
+        with transaction() as session:
             jobs.requeue(session, job_id, f"not accepted: {exc.message}")
         dispatch()
         return "requeued"
@@ -260,27 +207,20 @@ def _post(job_id: str, payload: dict[str, Any], *, generation: int | None = None
     # The upstream's clock started when it got the POST, not when we stored its answer.
     first_poll = max(0.0, poll_delay(0, runtime.settings) - (time.monotonic() - sent_at))
     try:
-        return _record_submitted(job_id, submitted.task_id, first_poll, generation)
+        return _record_submitted(job_id, submitted.task_id, first_poll)
     except (OperationalError, InterfaceError):
         # The POST was accepted but the database is away: keep the answer in a message and
         # record it when the database is back, instead of leaving an unknown outcome.
         log.warning("job %s: storing upstream task id deferred (database unavailable)", job_id)
         submit.apply_async((job_id,), {"upstream_task_id": submitted.task_id}, countdown=2)
-        if generation is not None:
-            dispatch()
         return "record-deferred"
 
 
-def _record_submitted(
-    job_id: str, upstream_task_id: str, first_poll: float, generation: int | None = None
-) -> str:
-    with session_scope() as session:
+def _record_submitted(job_id: str, upstream_task_id: str, first_poll: float) -> str:
+    with transaction() as session:
         recorded = jobs.record_submitted(
             session, job_id, upstream_task_id, first_poll_in=first_poll
         )
-        changed = generation is not None and jobs.dispatch_generation(session) != generation
-    if changed:
-        dispatch()  # someone announced a change while our claim held the lock
     if recorded:
         poll.apply_async((job_id, 0), countdown=first_poll)
         return "submitted"
@@ -299,7 +239,7 @@ def poll(self: Task, job_id: str, seq: int = 0) -> str:
     hold_for = (
         settings.read_timeout + settings.connect_timeout + settings.retry_max_interval_seconds
     )
-    with session_scope() as session:
+    with transaction() as session:
         ticket = jobs.claim_poll(session, job_id, seq, hold_for=hold_for)
     if ticket is None:
         return "stale"
@@ -327,7 +267,7 @@ def poll(self: Task, job_id: str, seq: int = 0) -> str:
     if state.status == "success":
         return _finish(self, runtime, job_id, ticket, state)
     if state.status == "processing" and ticket.status is JobStatus.PENDING:
-        with session_scope() as session:
+        with transaction() as session:
             jobs.mark_processing(session, job_id)
     raise self.retry(args=(job_id, ticket.seq), countdown=poll_delay(ticket.seq, settings))
 
@@ -376,7 +316,7 @@ def _finish(
         result_expires_at=state.result_expires_at,
         request_id=state.request_id,
     )
-    with session_scope() as session:
+    with transaction() as session:
         done = jobs.succeed(session, job_id, outcome, failure=failure)
     if done:
         _refill()
@@ -391,16 +331,16 @@ def _end(
     *,
     refill: bool = False,
 ) -> None:
-    with session_scope() as session:
+    with transaction() as session:
         ended = jobs.fail(session, job_id, code, message, expected=expected)
     if ended:  # its slot is free
         # Only a poll refills inline: a chain of refused submits must not recurse.
-        _refill() if refill else _dispatch_after_release()
+        _refill() if refill else dispatch()
 
 
 def _outcome_unknown(job_id: str, message: str) -> None:
     if get_runtime().settings.resubmit_unknown:
-        with session_scope() as session:
+        with transaction() as session:
             jobs.requeue(session, job_id, f"outcome unknown, resubmitting: {message}")
         dispatch()
     else:
@@ -423,9 +363,9 @@ def _throttle(runtime: Runtime, exc: UpstreamError) -> None:
 def sweep() -> dict[str, int]:
     """Move on every job whose next step is overdue (a lost message, a killed worker)."""
     settings = get_runtime().settings
-    with session_scope() as session:
+    with transaction() as session:
         expired = jobs.expire_overdue(session)
-    with session_scope() as session:
+    with transaction() as session:
         overdue = jobs.take_overdue(
             session,
             stale_after=settings.stale_after_seconds,

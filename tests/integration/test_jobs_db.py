@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
+from sqlalchemy import text
 
 from api_schema import ErrorCode, JobStatus
 from tests.harness import Stack, request
 from worker import jobs
-from worker.db import session_scope
+from worker.db import autocommit, session_scope
 
 T = TypeVar("T")
 
@@ -31,9 +32,8 @@ def _accept(body: object, job_id: str | None = None) -> jobs.Accepted:
 
 
 def _claim(limit: int) -> list[str]:
-    with session_scope() as session:
-        claim = jobs.claim_for_submit(session, limit)
-    return claim[0] if claim else []
+    with autocommit() as connection:
+        return jobs.admit(connection, limit)
 
 
 def _race(n: int, fn: Callable[[], T]) -> list[T]:
@@ -209,19 +209,28 @@ def test_cancel_refuses_a_job_whose_post_is_under_way(db: Stack) -> None:
     assert _status(sending) == "submitting"
 
 
-def test_a_busy_dispatcher_learns_of_changes_it_could_not_see(db: Stack) -> None:
-    # A holds the admission lock; B's new job arrives meanwhile and B cannot get the lock.
-    # B's announcement must make A's generation check fail, so A makes another pass.
-    first = _accept(request()).job_id
+def test_admission_waits_for_the_lock_holder_and_sees_its_changes(db: Stack) -> None:
+    # A holds the admission lock; a job is queued meanwhile and B asks for admission.
+    # B must wait (not skip, or the job could be left queued) and then admit it.
     with session_scope() as a:
-        claim_a = jobs.claim_for_submit(a, 10)
-        assert claim_a is not None
-        assert claim_a[0] == [first]
-
+        a.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": jobs.ADMISSION_LOCK_KEY})
         late = _accept(request()).job_id
-        with session_scope() as b:
-            jobs.announce_change(b)
-            assert jobs.claim_for_submit(b, 10) is None  # busy: B does not wait
-    with session_scope() as a_after:
-        assert jobs.dispatch_generation(a_after) != claim_a[1]
-    assert _claim(10) == [late]  # A's second pass admits B's job
+        result: list[list[str]] = []
+        b = threading.Thread(target=lambda: result.append(_claim(10)))
+        b.start()
+        db.wait_for(
+            lambda: (
+                db.sql(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                    " WHERE l.locktype = 'advisory' AND NOT l.granted"
+                    " AND d.datname = current_database()"
+                )[0][0]
+                == 1
+            ),
+            timeout=10,
+            what="the second admission to wait for the lock",
+        )
+        assert not result  # still waiting while A holds the lock
+    b.join(10)
+    assert result == [[late]]
+    assert _status(late) == "submitting"

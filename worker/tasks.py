@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from api_schema import ErrorCode, ImageView, JobStatus, names
+from api_schema import ErrorCode, ImageView, JobStatus, names, storable_problem
 
 from . import jobs
 from .celery_app import app
@@ -42,11 +42,7 @@ UNSTORABLE = "text with a NUL character or an unpaired surrogate cannot be store
 
 
 def _storable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # an unpaired surrogate
-        return False
-    return "\x00" not in text
+    return storable_problem(text) is None
 
 
 def _unstorable(value: object, path: str) -> str | None:

@@ -232,6 +232,16 @@ INVALID: list[Any] = [
     pytest.param(valid(metadata="{}"), "metadata", id="metadata-str"),
     pytest.param(valid(metadata={"when": {1, 2}}), "metadata", id="metadata-set-value"),
     pytest.param(valid(metadata={"x": float("nan")}), "metadata", id="metadata-nan"),
+    # text PostgreSQL cannot store is refused at the producer, not only by the worker
+    pytest.param(valid(prompt="a\x00b"), "prompt", id="prompt-nul"),
+    pytest.param(valid(prompt="a \ud800"), "prompt", id="prompt-lone-surrogate"),
+    pytest.param(valid(metadata={"k": ["ok", "a\x00"]}), "metadata", id="metadata-nested-nul"),
+    pytest.param(valid(metadata={"\udc80": 1}), "metadata", id="metadata-key-surrogate"),
+    pytest.param(
+        valid(subject_reference_images=["https://example.com/a\x00.jpg"]),
+        "subject_reference_images",
+        id="image-url-nul",
+    ),
     # shape
     pytest.param(valid(steps=30), "steps", id="unknown-field"),
     pytest.param(valid(model="other"), "model", id="unknown-field-model"),

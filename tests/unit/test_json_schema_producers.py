@@ -28,6 +28,7 @@ GOOD: list[dict[str, Any]] = [
     {"prompt": "x", "subject_reference_images": [URL], "width": 512, "height": 2048},
     {"prompt": "x", "subject_reference_images": [URL], "aspect_ratio": "21:9", "priority": 0},
     {"prompt": "x", "subject_reference_images": [URL], "metadata": {"a": [1, 2]}},
+    {"prompt": "astral \U0001f600 and accents \u00e9", "subject_reference_images": [URL]},
 ]
 BAD: list[dict[str, Any]] = [
     {"subject_reference_images": [URL]},
@@ -48,6 +49,9 @@ BAD: list[dict[str, Any]] = [
     {"prompt": "x", "subject_reference_images": [URL], "colour": "red"},
     {"prompt": "x", "subject_reference_images": [URL], "width": 512},
     {"prompt": "x", "subject_reference_images": [URL], "height": 512},
+    {"prompt": "a\x00b", "subject_reference_images": [URL]},
+    {"prompt": "a \ud800 b", "subject_reference_images": [URL]},
+    {"prompt": "a \udfff", "subject_reference_images": [URL]},
 ]
 
 

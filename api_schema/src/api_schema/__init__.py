@@ -12,6 +12,7 @@ from .models import (
     ImageView,
     JobView,
     describe_validation_error,
+    storable_problem,
 )
 from .names import (
     ALL_QUEUES,
@@ -43,4 +44,5 @@ __all__ = [
     "JobStatus",
     "JobView",
     "describe_validation_error",
+    "storable_problem",
 ]

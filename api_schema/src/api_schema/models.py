@@ -38,6 +38,48 @@ _MAGIC: Final = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n"}
 # base64 of MAX_IMAGE_BYTES, rounded up, so oversized payloads are refused before decoding.
 _MAX_B64_CHARS: Final = (MAX_IMAGE_BYTES + 2) // 3 * 4
 _IMAGE_PATTERN: Final = r"^(https://|data:image/(jpeg|png);base64,)"
+#: Text PostgreSQL can store: no NUL, no unpaired UTF-16 surrogate (a lone JSON \\udXXX).
+#: Written for both readers: Python's re sees code points, ECMAScript's UTF-16 code units.
+TEXT_PATTERN: Final = r"^(?:[^\u0000\ud800-\udfff]|[\ud800-\udbff][\udc00-\udfff])*$"
+
+
+def storable_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored as PostgreSQL text, or None when it can."""
+    if "\x00" in text:
+        return "must not contain a NUL character"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "must not contain an unpaired surrogate"
+    return None
+
+
+def check_storable(value: str) -> str:
+    """Return ``value`` if PostgreSQL can store it as text."""
+    problem = storable_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _json_text_problem(value: object) -> str | None:
+    """The first text problem in a JSON value's keys and strings, however deep."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        texts: list[str] = []
+        if isinstance(item, str):
+            texts = [item]
+        elif isinstance(item, dict):
+            texts = [str(key) for key in item]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        for text in texts:
+            problem = storable_problem(text)
+            if problem is not None:
+                return problem
+    return None
 
 
 class AspectRatio(StrEnum):
@@ -68,6 +110,7 @@ ASPECT_RATIO_SIZES: Final[dict[AspectRatio, tuple[int, int]]] = {
 
 def check_reference_image(value: str) -> str:
     """Return ``value`` if it is an https URL or a real JPEG/PNG data URL under 10 MB."""
+    check_storable(value)
     if value.startswith("https://"):
         parts = urlsplit(value)
         if not parts.hostname or any(c.isspace() for c in value):
@@ -117,7 +160,11 @@ class GenerationRequest(BaseModel):
         json_schema_extra={"dependentRequired": {"width": ["height"], "height": ["width"]}},
     )
 
-    prompt: Annotated[StrictStr, Field(min_length=1, max_length=1500)]
+    prompt: Annotated[
+        StrictStr,
+        AfterValidator(check_storable),
+        Field(min_length=1, max_length=1500, json_schema_extra={"pattern": TEXT_PATTERN}),
+    ]
     subject_reference_images: Annotated[list[ReferenceImage], Field(min_length=1, max_length=10)]
     aspect_ratio: AspectRatio | None = Field(
         default=None, description="Wins over width/height when both are given."
@@ -136,7 +183,9 @@ class GenerationRequest(BaseModel):
         "upstream task.",
     )
     metadata: dict[str, Any] | None = Field(
-        default=None, description="Small JSON object (<= 4 KiB encoded), returned with the job."
+        default=None,
+        description="Small JSON object (<= 4 KiB encoded), returned with the job; no text in "
+        "it may contain a NUL character or an unpaired surrogate.",
     )
     priority: Annotated[StrictInt, Field(ge=0, le=9)] = Field(
         default=5, description="0..9; higher is admitted first, then oldest first."
@@ -162,6 +211,9 @@ class GenerationRequest(BaseModel):
                 encoded = json.dumps(value, separators=(",", ":"), allow_nan=False)
             except (TypeError, ValueError):
                 raise ValueError("must be a JSON object") from None
+            problem = _json_text_problem(value)
+            if problem is not None:
+                raise ValueError(f"text in it {problem}")
             if len(encoded.encode()) > MAX_METADATA_BYTES:
                 raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
         return value

@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 from celery import Celery
 from kombu.transport import TRANSPORT_ALIASES
@@ -22,6 +22,10 @@ from .config import get_settings
 # One INFO line per upstream request is noise at production rates (and costs CPU).
 logging.getLogger("httpx").setLevel(logging.WARNING)
 log = logging.getLogger("imagegen.broker")
+#: The order a worker takes messages in when several of its queues have some: submits and
+#: polls of admitted (paid, running) jobs, then the sweeper, then new requests. A burst of
+#: new requests therefore never delays the polls of jobs already upstream.
+CONSUME_ORDER: Final = (names.UPSTREAM_QUEUE, names.MAINTENANCE_QUEUE, names.REQUESTS_QUEUE)
 
 
 def envelope_problem(entry: object) -> str | None:
@@ -157,7 +161,12 @@ def make_app() -> Celery:
         # Redis re-delivers an unacked message after the visibility timeout. Every countdown
         # we schedule is far below it (Settings checks), or an early redelivery would
         # duplicate a poll (which the poll sequence number would then drop).
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            # Take from the queues in the order the worker lists them (CONSUME_ORDER), not
+            # round robin: polls of paid, running jobs go before a backlog of new requests.
+            "queue_order_strategy": "priority",
+        },
         broker_connection_retry_on_startup=True,
         task_queues=celery_queues(),
         task_create_missing_queues=False,

@@ -72,7 +72,10 @@ def _check_database(settings: Settings) -> None:
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
     pool: Annotated[str, typer.Option(help="threads (default), prefork, solo.")] = "threads",
-    queues: Annotated[str | None, typer.Option(help="Comma-separated queues.")] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated queues, most urgent first (taken in this order)."),
+    ] = None,
     hostname: Annotated[str | None, typer.Option(help="Node name, e.g. w1@%h.")] = None,
     beat: Annotated[
         bool, typer.Option(help="Also run the sweeper schedule (one per site).")
@@ -83,8 +86,7 @@ def worker(
     settings = _settings()
     _require_key(settings)
     _check_database(settings)
-    from api_schema import ALL_QUEUES
-
+    from .celery_app import CONSUME_ORDER
     from .celery_app import app as celery_app
 
     if concurrency:  # the database pool is sized from the setting
@@ -95,7 +97,7 @@ def worker(
         f"--loglevel={loglevel}",
         f"--pool={pool}",
         f"--concurrency={concurrency or settings.worker_concurrency}",
-        f"--queues={queues or ','.join(ALL_QUEUES)}",
+        f"--queues={queues or ','.join(CONSUME_ORDER)}",
         "--without-gossip",
         "--without-mingle",
     ]
@@ -345,7 +347,7 @@ def bench_throughput(
 
 @bench_app.command("inflight")
 def bench_inflight(
-    jobs: Annotated[int, typer.Option(help="Jobs submitted at once.")] = 5000,
+    jobs: Annotated[int, typer.Option(help="Jobs submitted at once.")] = 6000,
     duration: Annotated[float, typer.Option(help="Upstream seconds per task.")] = 30.0,
     naive_jobs: Annotated[int, typer.Option(help="Jobs for the naive design.")] = 64,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,

@@ -67,6 +67,11 @@ def transaction() -> Iterator[Connection]:
 
 @contextmanager
 def autocommit() -> Iterator[Connection]:
-    """A connection where each statement commits on its own (for ``jobs.admit``)."""
+    """A connection where each statement commits on its own.
+
+    For ``jobs.admit`` (its lock must not outlive the call) and for the state changes that
+    are one statement (a transition, a poll claim, a new job): no BEGIN or COMMIT round
+    trip, and a worker's time is mostly round trips.
+    """
     with get_engine().connect() as connection:
         yield connection.execution_options(isolation_level="AUTOCOMMIT")

@@ -32,7 +32,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session, selectinload
 
 from api_schema import (
@@ -44,7 +44,7 @@ from api_schema import (
     describe_validation_error,
 )
 
-from .models import Job, JobAlias, JobEvent, JobImage
+from .models import Job, JobAlias, JobEvent
 
 S = JobStatus
 #: Legal transitions, as data. Anything else is refused.
@@ -89,7 +89,6 @@ def _record(session: Db, *events: dict[str, Any]) -> None:
 # the ORM-enabled insert/update machinery costs more CPU than the rest of a job's SQL.
 J = cast(Table, Job.__table__)
 E = cast(Table, JobEvent.__table__)
-I = cast(Table, JobImage.__table__)  # noqa: E741
 A = cast(Table, JobAlias.__table__)
 
 
@@ -100,20 +99,17 @@ def _later(name: str) -> ColumnElement[datetime]:
 
 # The statements every job runs, built once: no per-call construction or cache-key work.
 _INSERT_EVENT: Final = insert(E)
-_INSERT_JOB: Final = (
-    insert(J)
-    .values(
-        id=bindparam("p_id"),
-        status=S.QUEUED.value,
-        priority=bindparam("p_priority"),
-        request=bindparam("p_request", type_=J.c.request.type),
-        idempotency_key=bindparam("p_key"),
-        metadata=bindparam("p_metadata", type_=J.c.metadata.type),
-        deadline_at=_later("p_deadline"),
-        next_check_at=func.now(),
-    )
-    .on_conflict_do_nothing()
-    .returning(J.c.id)
+# A new job and its first event in one statement (atomic without a transaction).
+_INSERT_JOB: Final = text(
+    "WITH job AS (INSERT INTO jobs (id, status, priority, request, idempotency_key, metadata, "
+    "deadline_at, next_check_at) VALUES (:p_id, 'queued', :p_priority, :p_request, :p_key, "
+    ":p_metadata, now() + :p_deadline, now()) ON CONFLICT DO NOTHING RETURNING id) "
+    "INSERT INTO job_events (job_id, from_status, to_status, worker) "
+    "SELECT id, NULL, 'queued', :p_worker FROM job RETURNING job_id"
+).bindparams(
+    bindparam("p_request", type_=JSONB),
+    bindparam("p_metadata", type_=JSONB),
+    bindparam("p_deadline", type_=Interval()),
 )
 _BEGIN_SUBMIT: Final = (
     update(J)
@@ -193,20 +189,35 @@ def _assignment(column: str, value: object, params: dict[str, Any]) -> str:
     return f"{column} = :{column}"
 
 
+_IMAGES_CTE: Final = (
+    ", stored AS (INSERT INTO job_images "
+    "(job_id, index, url, width, height, format, stored_path) "
+    "SELECT :job_id, r.index, r.url, r.width, r.height, r.format, r.stored_path FROM moved, "
+    "jsonb_to_recordset(:images) AS r(index integer, url text, width integer, height integer, "
+    "format text, stored_path text))"
+)
+
+
 @lru_cache(maxsize=256)
-def _transition_sql(to: str, sources: tuple[str, ...], assignments: tuple[str, ...]) -> TextClause:
-    # One round trip: lock the row, move it if it is in one of ``sources``, log the event.
+def _transition_sql(
+    to: str, sources: tuple[str, ...], assignments: tuple[str, ...], images: bool
+) -> TextClause:
+    # One statement: lock the row, move it if it is in one of ``sources``, log the event
+    # (and store the images). Being one statement it is atomic without a transaction, so
+    # the workers run it in autocommit: no BEGIN and COMMIT round trips.
     # Only status names and checked column names are spliced in; every value is bound.
     allowed = ", ".join(f"'{s}'" for s in sources)
     sets = ", ".join((f"status = '{to}'", "updated_at = now()", *assignments))
-    return text(
+    statement = text(
         "WITH old AS (SELECT id, status FROM jobs WHERE id = :job_id FOR UPDATE), "  # noqa: S608
         f"moved AS (UPDATE jobs SET {sets} FROM old "
         f"WHERE jobs.id = old.id AND jobs.status IN ({allowed}) RETURNING old.status AS old), "
         "logged AS (INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
-        f"SELECT :job_id, moved.old, '{to}', :detail, :worker FROM moved) "
-        "SELECT old FROM moved"
+        f"SELECT :job_id, moved.old, '{to}', :detail, :worker FROM moved)"
+        + (_IMAGES_CTE if images else "")
+        + " SELECT old FROM moved"
     )
+    return statement.bindparams(bindparam("images", type_=JSONB)) if images else statement
 
 
 def transition(
@@ -216,13 +227,15 @@ def transition(
     *,
     expected: Iterable[JobStatus] | None = None,
     detail: str | None = None,
+    images: list[ImageView] | None = None,
     **values: Any,
 ) -> JobStatus | None:
     """Move ``job_id`` to ``to`` if it is in one of ``expected``; return the status it left.
 
     ``expected`` defaults to every status from which ``to`` is legal. Returns None (and
     changes nothing) when the job is not in one of them: someone else moved it first.
-    ``values`` are other columns to set: plain values, ``NOW`` or ``After(seconds)``.
+    ``values`` are other columns to set: plain values, ``NOW`` or ``After(seconds)``;
+    ``images`` are stored with the change. One statement, whatever is asked.
     """
     sources = [s for s in TRANSITIONS if to in TRANSITIONS[s]] if expected is None else [*expected]
     illegal = [s for s in sources if to not in TRANSITIONS[s]]
@@ -233,7 +246,11 @@ def transition(
         values.setdefault("next_check_at", None)
     params: dict[str, Any] = {"job_id": job_id, "detail": detail, "worker": ACTOR.get()}
     assignments = tuple(_assignment(column, v, params) for column, v in sorted(values.items()))
-    statement = _transition_sql(to.value, tuple(s.value for s in sources), assignments)
+    if images:
+        params["images"] = [image.model_dump(mode="json") for image in images]
+    statement = _transition_sql(
+        to.value, tuple(s.value for s in sources), assignments, bool(images)
+    )
     old = _scalar(session, statement, params)
     return None if old is None else JobStatus(old)
 
@@ -295,10 +312,10 @@ def accept(session: Db, message_id: str, raw: object, *, default_deadline_second
             "p_key": request.idempotency_key,
             "p_metadata": request.metadata,
             "p_deadline": timedelta(seconds=deadline),
+            "p_worker": ACTOR.get(),
         },
     ).first()
     if inserted is not None:
-        _record(session, _event(message_id, None, S.QUEUED.value))
         return Accepted(message_id, S.QUEUED, created=True)
     # A redelivery, the same message running twice at once, or the key is taken.
     existing = _find(session, message_id)
@@ -501,27 +518,9 @@ def succeed(
         billing_amount=outcome.billing_amount,
         result_expires_at=outcome.result_expires_at,
         upstream_request_id=outcome.request_id,
+        images=outcome.images,
     )
-    if left is None:
-        return False
-    if outcome.images:
-        _run(
-            session,
-            insert(I),
-            [
-                {
-                    "job_id": job_id,
-                    "index": image.index,
-                    "url": image.url,
-                    "width": image.width,
-                    "height": image.height,
-                    "format": image.format,
-                    "stored_path": image.stored_path,
-                }
-                for image in outcome.images
-            ],
-        )
-    return True
+    return left is not None
 
 
 def cancel(session: Session, job_id: str) -> tuple[bool, JobStatus | None]:

@@ -114,7 +114,7 @@ def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
     job normally reaches the upstream without another message hop.
     """
     settings = get_runtime().settings
-    with transaction() as session:
+    with autocommit() as session:  # one statement for a new job
         accepted = jobs.accept(
             session, message_id, raw, default_deadline_seconds=settings.default_deadline_seconds
         )
@@ -168,7 +168,7 @@ def submit_now(job_id: str) -> str | float:
     wait = get_runtime().gate.acquire()
     if wait > 0:
         return wait
-    with transaction() as session:
+    with autocommit() as session:  # one statement
         payload = jobs.begin_submit(session, job_id, answer_within=_answer_within())
     if payload is None:
         return "skipped"  # a duplicate message, or the job moved on (cancelled, expired)
@@ -189,7 +189,7 @@ def _post(job_id: str, payload: dict[str, Any]) -> str:
     except RetryableError as exc:
         # Definitely not accepted: back in the queue, and if the upstream asked, everyone waits.
         _throttle(runtime, exc)
-        with transaction() as session:
+        with autocommit() as session:  # one statement
             jobs.requeue(session, job_id, f"not accepted: {exc.message}")
         dispatch()
         return "requeued"
@@ -213,7 +213,7 @@ def _post(job_id: str, payload: dict[str, Any]) -> str:
 
 
 def _record_submitted(job_id: str, upstream_task_id: str, first_poll: float) -> str:
-    with transaction() as session:
+    with autocommit() as session:  # one statement
         recorded = jobs.record_submitted(
             session, job_id, upstream_task_id, first_poll_in=first_poll
         )
@@ -235,7 +235,7 @@ def poll(self: Task, job_id: str, seq: int = 0) -> str:
     hold_for = (
         settings.read_timeout + settings.connect_timeout + settings.retry_max_interval_seconds
     )
-    with transaction() as session:
+    with autocommit() as session:  # one statement
         ticket = jobs.claim_poll(session, job_id, seq, hold_for=hold_for)
     if ticket is None:
         return "stale"
@@ -263,7 +263,7 @@ def poll(self: Task, job_id: str, seq: int = 0) -> str:
     if state.status == "success":
         return _finish(self, runtime, job_id, ticket, state)
     if state.status == "processing" and ticket.status is JobStatus.PENDING:
-        with transaction() as session:
+        with autocommit() as session:  # one statement
             jobs.mark_processing(session, job_id)
     raise self.retry(args=(job_id, ticket.seq), countdown=poll_delay(ticket.seq, settings))
 
@@ -312,7 +312,7 @@ def _finish(
         result_expires_at=state.result_expires_at,
         request_id=state.request_id,
     )
-    with transaction() as session:
+    with autocommit() as session:  # one statement
         done = jobs.succeed(session, job_id, outcome, failure=failure)
     if done:
         _refill()
@@ -327,7 +327,7 @@ def _end(
     *,
     refill: bool = False,
 ) -> None:
-    with transaction() as session:
+    with autocommit() as session:  # one statement
         ended = jobs.fail(session, job_id, code, message, expected=expected)
     if ended:  # its slot is free
         # Only a poll refills inline: a chain of refused submits must not recurse.
@@ -336,7 +336,7 @@ def _end(
 
 def _outcome_unknown(job_id: str, message: str) -> None:
     if get_runtime().settings.resubmit_unknown:
-        with transaction() as session:
+        with autocommit() as session:  # one statement
             jobs.requeue(session, job_id, f"outcome unknown, resubmitting: {message}")
         dispatch()
     else:

@@ -1,8 +1,9 @@
 """The job state machine: legal transitions, admission claims and queries. No Celery, no HTTP.
 
 Every status change is one conditional ``UPDATE ... WHERE id = :id AND status IN (:expected)``
-plus a ``job_events`` row in the same transaction, so two workers racing on one job (a
+plus a ``job_events`` row in the same statement, so two workers racing on one job (a
 redelivered message, a sweeper re-publish) cannot both win: the loser changes nothing.
+The hot-path changes are single statements, which the workers run in autocommit.
 All timestamps come from the database clock, so hosts with skewed clocks agree.
 """
 

@@ -29,6 +29,11 @@ RETURNS TABLE (job_id varchar) LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     free integer;
 BEGIN
+    -- The lock is released when the transaction ends; with a synchronous commit that is
+    -- after the WAL flush, and every admission would queue behind a disk sync. Losing an
+    -- admission in a crash is harmless: the job is simply queued again. And before any
+    -- POST, the worker's synchronous commit of "POST started" flushes this commit too.
+    PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM pg_advisory_xact_lock(443444737);
     SELECT slot_limit - count(*) INTO free FROM jobs j
         WHERE j.status IN ('submitting', 'pending', 'processing');

@@ -86,7 +86,7 @@ def _record(session: Db, *events: dict[str, Any]) -> None:
         _run(session, _INSERT_EVENT, list(events))
 
 
-# Hot-path statements are Core statements on the tables, run on the session's connection:
+# Hot-path statements are Core statements or SQL text on the tables, run on a connection:
 # the ORM-enabled insert/update machinery costs more CPU than the rest of a job's SQL.
 J = cast(Table, Job.__table__)
 E = cast(Table, JobEvent.__table__)
@@ -140,8 +140,9 @@ _CLAIM_POLL: Final = (
 )
 
 
-#: Where the state machine runs: a plain connection in a transaction (the workers' hot
-#: path, no ORM overhead) or a session (the CLI and anything that reads whole jobs).
+#: Where the state machine runs: a plain connection, in a transaction or in autocommit for
+#: single statements (the workers' hot path, no ORM overhead), or a session (the CLI and
+#: anything that reads whole jobs).
 Db = Session | Connection
 
 

@@ -45,7 +45,7 @@ from api_schema import (
     describe_validation_error,
 )
 
-from .models import Job, JobAlias, JobEvent
+from .models import Job, JobAlias
 
 S = JobStatus
 #: Legal transitions, as data. Anything else is refused.
@@ -70,26 +70,9 @@ MAX_ERROR_MESSAGE: Final = 2000
 ACTOR: ContextVar[str | None] = ContextVar("imagegen_actor", default=None)
 
 
-def _event(job_id: str, old: str | None, new: str, detail: str | None = None) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "from_status": old,
-        "to_status": new,
-        "detail": detail,
-        "worker": ACTOR.get(),
-    }
-
-
-def _record(session: Db, *events: dict[str, Any]) -> None:
-    # A Core insert: no unit-of-work flush for rows nobody reads back in this transaction.
-    if events:
-        _run(session, _INSERT_EVENT, list(events))
-
-
 # Hot-path statements are Core statements or SQL text on the tables, run on a connection:
 # the ORM-enabled insert/update machinery costs more CPU than the rest of a job's SQL.
 J = cast(Table, Job.__table__)
-E = cast(Table, JobEvent.__table__)
 A = cast(Table, JobAlias.__table__)
 
 
@@ -99,7 +82,6 @@ def _later(name: str) -> ColumnElement[datetime]:
 
 
 # The statements every job runs, built once: no per-call construction or cache-key work.
-_INSERT_EVENT: Final = insert(E)
 # A new job and its first event in one statement (atomic without a transaction).
 _INSERT_JOB: Final = text(
     "WITH job AS (INSERT INTO jobs (id, status, priority, request, idempotency_key, metadata, "
@@ -111,6 +93,14 @@ _INSERT_JOB: Final = text(
     bindparam("p_request", type_=JSONB),
     bindparam("p_metadata", type_=JSONB),
     bindparam("p_deadline", type_=Interval()),
+)
+# A request that cannot run, recorded failed with its event, in one statement.
+_INSERT_INVALID: Final = text(
+    "WITH job AS (INSERT INTO jobs (id, status, deadline_at, finished_at, error_code, "
+    "error_message) VALUES (:p_id, 'failed', now(), now(), :p_code, :p_message) "
+    "ON CONFLICT DO NOTHING RETURNING id) "
+    "INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
+    "SELECT id, NULL, 'failed', :p_detail, :p_worker FROM job RETURNING job_id"
 )
 _BEGIN_SUBMIT: Final = (
     update(J)
@@ -202,13 +192,15 @@ _IMAGES_CTE: Final = (
 
 @lru_cache(maxsize=256)
 def _transition_sql(
-    to: str, sources: tuple[str, ...], assignments: tuple[str, ...], images: bool
+    to: str, sources: tuple[str, ...], assignments: tuple[str, ...], images: bool, unsent: bool
 ) -> TextClause:
     # One statement: lock the row, move it if it is in one of ``sources``, log the event
     # (and store the images). Being one statement it is atomic without a transaction, so
     # the workers run it in autocommit: no BEGIN and COMMIT round trips.
     # Only status names and checked column names are spliced in; every value is bound.
     allowed = ", ".join(f"'{s}'" for s in sources)
+    if unsent:  # a job whose POST has started is left alone
+        allowed += ") AND (jobs.status <> 'submitting' OR jobs.submit_started_at IS NULL"
     sets = ", ".join((f"status = '{to}'", "updated_at = now()", *assignments))
     statement = text(
         "WITH old AS (SELECT id, status FROM jobs WHERE id = :job_id FOR UPDATE), "  # noqa: S608
@@ -230,6 +222,7 @@ def transition(
     expected: Iterable[JobStatus] | None = None,
     detail: str | None = None,
     images: list[ImageView] | None = None,
+    unsent: bool = False,
     **values: Any,
 ) -> JobStatus | None:
     """Move ``job_id`` to ``to`` if it is in one of ``expected``; return the status it left.
@@ -237,7 +230,8 @@ def transition(
     ``expected`` defaults to every status from which ``to`` is legal. Returns None (and
     changes nothing) when the job is not in one of them: someone else moved it first.
     ``values`` are other columns to set: plain values, ``NOW`` or ``After(seconds)``;
-    ``images`` are stored with the change. One statement, whatever is asked.
+    ``images`` are stored with the change; ``unsent`` refuses a ``submitting`` job whose
+    POST has started. One statement, whatever is asked.
     """
     sources = [s for s in TRANSITIONS if to in TRANSITIONS[s]] if expected is None else [*expected]
     illegal = [s for s in sources if to not in TRANSITIONS[s]]
@@ -251,7 +245,7 @@ def transition(
     if images:
         params["images"] = [image.model_dump(mode="json") for image in images]
     statement = _transition_sql(
-        to.value, tuple(s.value for s in sources), assignments, bool(images)
+        to.value, tuple(s.value for s in sources), assignments, bool(images), unsent
     )
     old = _scalar(session, statement, params)
     return None if old is None else JobStatus(old)
@@ -264,8 +258,12 @@ def fail(
     message: str,
     *,
     expected: Iterable[JobStatus] | None = None,
+    unsent: bool = False,
 ) -> bool:
-    """End a live job as failed with ``code``; False when it was no longer in ``expected``."""
+    """End a live job as failed with ``code``; False when it was no longer in ``expected``.
+
+    With ``unsent``, a ``submitting`` job whose POST has started is not ended.
+    """
     to = S.CANCELLED if code is ErrorCode.CANCELLED else S.FAILED
     message = message[:MAX_ERROR_MESSAGE]
     left = transition(
@@ -273,6 +271,7 @@ def fail(
         job_id,
         to,
         expected=expected,
+        unsent=unsent,
         detail=f"{code.value}: {message}",
         error_code=code.value,
         error_message=message,
@@ -339,24 +338,15 @@ def accept(session: Db, message_id: str, raw: object, *, default_deadline_second
 def record_invalid(session: Db, job_id: str, message: str) -> Accepted:
     """Record a request that cannot be run as a failed ``invalid_request`` job."""
     message = message[:MAX_ERROR_MESSAGE]
-    inserted = _run(
-        session,
-        insert(J)
-        .values(
-            id=job_id,
-            status=S.FAILED.value,
-            request=None,
-            deadline_at=func.now(),
-            finished_at=func.now(),
-            error_code=ErrorCode.INVALID_REQUEST.value,
-            error_message=message,
-        )
-        .on_conflict_do_nothing()
-        .returning(J.c.id),
-    ).first()
-    if inserted is not None:
-        detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
-        _record(session, _event(job_id, None, S.FAILED.value, detail))
+    detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
+    params = {
+        "p_id": job_id,
+        "p_code": ErrorCode.INVALID_REQUEST.value,
+        "p_message": message,
+        "p_detail": detail,
+        "p_worker": ACTOR.get(),
+    }
+    if _run(session, _INSERT_INVALID, params).first() is not None:
         return Accepted(job_id, S.FAILED, created=True)
     existing = _find(session, job_id)  # a redelivery: report what the job became
     if existing is None:
@@ -528,15 +518,21 @@ def succeed(
 def cancel(session: Session, job_id: str) -> tuple[bool, JobStatus | None]:
     """Cancel a job that is queued, or stop polling one already submitted.
 
-    A job whose POST is under way cannot be cancelled (its outcome is about to be known).
+    A job whose POST is under way cannot be cancelled (its outcome is about to be known):
+    that is checked in the same statement as the change, so a POST starting meanwhile wins.
     """
     job = resolve(session, job_id)
     if job is None:
         return False, None
-    expected = [S.QUEUED, S.PENDING, S.PROCESSING]
-    if job.status == S.SUBMITTING and job.submit_started_at is None:
-        expected.append(S.SUBMITTING)
-    done = fail(session, job.id, ErrorCode.CANCELLED, "cancelled by request", expected=expected)
+    expected = [S.QUEUED, S.SUBMITTING, S.PENDING, S.PROCESSING]
+    done = fail(
+        session,
+        job.id,
+        ErrorCode.CANCELLED,
+        "cancelled by request",
+        expected=expected,
+        unsent=True,
+    )
     session.refresh(job)
     return done, JobStatus(job.status)
 

@@ -1,17 +1,18 @@
-"""Celery tasks: thin wrappers that open a session, call ``jobs`` and the upstream, and
-publish the next step only after the state that justifies it is committed."""
+"""Celery tasks: thin wrappers that open a database connection, call ``jobs`` and the
+upstream, and publish the next step only after the state that justifies it is committed."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Task
 from celery.signals import task_prerun, worker_process_init
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from api_schema import ErrorCode, ImageView, JobStatus, names, storable_problem
 
@@ -24,6 +25,7 @@ from .runtime import Runtime, get_runtime, reset_runtime
 from .storage import StorageError, store_image
 
 log = logging.getLogger("imagegen.tasks")
+T = TypeVar("T")
 #: Failures of the database or of Redis itself: the task is retried with a countdown, never
 #: dropped (with late acks a task that raises is still acked, and its message would be lost).
 INFRA_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
@@ -119,23 +121,28 @@ def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
             session, message_id, raw, default_deadline_seconds=settings.default_deadline_seconds
         )
     if accepted.status is JobStatus.QUEUED:  # also a redelivery that stopped before this
-        for job_id in dispatch(inline=INLINE_SUBMITS):
-            _submit_inline(job_id)
+        _admit_and_post()
     return accepted
 
 
+def _admit_and_post() -> None:
+    """Admit what fits; POST the first ``INLINE_SUBMITS`` from here, message the rest."""
+    for job_id in dispatch(inline=INLINE_SUBMITS)[:INLINE_SUBMITS]:
+        _submit_inline(job_id)
+
+
 def dispatch(*, inline: int = 0) -> list[str]:
-    """Admit queued jobs into free upstream slots; return the first ``inline`` of them.
+    """Admit queued jobs into free upstream slots; return the ids of all it admitted.
 
     Call it after the change that may let a job in (a new queued job, a freed slot) is
-    committed. The caller POSTs the jobs returned to it (saving the message hop between a
-    slot freeing and the next POST); every other admitted job gets a submit message.
+    committed. Every admitted job but the first ``inline`` gets a submit message; the
+    caller POSTs those itself, saving the message hop between a slot freeing and the POST.
     """
     with autocommit() as connection:
         admitted = jobs.admit(connection, get_runtime().settings.upstream_concurrency)
     for job_id in admitted[inline:]:
         submit.apply_async((job_id,))
-    return admitted[:inline]
+    return admitted
 
 
 @app.task(name=names.SUBMIT_TASK, bind=True, **_RETRY_INFRA)
@@ -159,8 +166,7 @@ def _submit_inline(job_id: str) -> str:
 
 def _refill() -> None:
     """A slot was freed by a poll: admit the next job and submit it from here."""
-    for job_id in dispatch(inline=INLINE_SUBMITS):
-        _submit_inline(job_id)
+    _admit_and_post()
 
 
 def submit_now(job_id: str) -> str | float:
@@ -189,12 +195,12 @@ def _post(job_id: str, payload: dict[str, Any]) -> str:
     except RetryableError as exc:
         # Definitely not accepted: back in the queue, and if the upstream asked, everyone waits.
         _throttle(runtime, exc)
-        with autocommit() as session:  # one statement
-            jobs.requeue(session, job_id, f"not accepted: {exc.message}")
+        _again_if_disconnected(_requeue, job_id, f"not accepted: {exc.message}")
         dispatch()
         return "requeued"
     except PermanentError as exc:
-        _end(job_id, exc.error_code, exc.message, expected=[JobStatus.SUBMITTING])
+        # a definite answer: not lost to a connection the database restart broke
+        _end(job_id, exc.error_code, exc.message, [JobStatus.SUBMITTING], answered=True)
         return "rejected"
     except OutcomeUnknownError as exc:
         _throttle(runtime, exc)
@@ -319,6 +325,13 @@ def _finish(
     return "succeeded" if failure is None else "failed"
 
 
+def _fail(
+    job_id: str, code: ErrorCode, message: str, expected: list[JobStatus] | None = None
+) -> bool:
+    with autocommit() as session:  # one statement
+        return jobs.fail(session, job_id, code, message, expected=expected)
+
+
 def _end(
     job_id: str,
     code: ErrorCode,
@@ -326,18 +339,40 @@ def _end(
     expected: list[JobStatus] | None = None,
     *,
     refill: bool = False,
+    answered: bool = False,
 ) -> None:
-    with autocommit() as session:  # one statement
-        ended = jobs.fail(session, job_id, code, message, expected=expected)
-    if ended:  # its slot is free
+    """End a job as failed; ``answered``: the upstream's definite answer is being recorded."""
+    record = _again_if_disconnected if answered else _call
+    if record(_fail, job_id, code, message, expected):  # its slot is free
         # Only a poll refills inline: a chain of refused submits must not recurse.
         _refill() if refill else dispatch()
 
 
+def _requeue(job_id: str, reason: str) -> None:
+    with autocommit() as session:  # one statement
+        jobs.requeue(session, job_id, reason)
+
+
+def _call(step: Callable[..., T], *args: Any) -> T:
+    return step(*args)
+
+
+def _again_if_disconnected(step: Callable[..., T], *args: Any) -> T:
+    """Run a database step that records an upstream answer; once more on a new connection
+    if the first attempt found its connection broken (the database restarted since it was
+    pooled: SQLAlchemy then discards the pool). A retried task could not record it: its
+    POST is marked started, so the answer would be lost and the job end outcome unknown."""
+    try:
+        return step(*args)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        return step(*args)
+
+
 def _outcome_unknown(job_id: str, message: str) -> None:
     if get_runtime().settings.resubmit_unknown:
-        with autocommit() as session:  # one statement
-            jobs.requeue(session, job_id, f"outcome unknown, resubmitting: {message}")
+        _requeue(job_id, f"outcome unknown, resubmitting: {message}")
         dispatch()
     else:
         _end(
@@ -381,7 +416,7 @@ def sweep() -> dict[str, int]:
         else:
             poll.apply_async((job.job_id, job.poll_count))
             republished += 1
-    admitted = dispatch()
+    admitted = dispatch()  # nothing inline: every admitted job gets its submit message
     result = {
         "expired": len(expired),
         "republished": republished,

@@ -1,4 +1,4 @@
-"""admission as one server-side function; drop the dispatch generation sequence
+"""admission as one server-side function
 
 Revision ID: 0004
 Revises: 0003
@@ -10,6 +10,10 @@ outside an explicit transaction it commits when it returns, so the lock is held 
 time the function runs (well under a millisecond), never across a round trip to a worker.
 That is what lets every worker wait for the lock instead of skipping admission when it is
 busy, which made the announce-and-retry protocol of the generation sequence unnecessary.
+
+The sequence itself stays: workers of the previous release read it while they run, and a
+rolling upgrade has both kinds of worker at once (their admission locks are the same key,
+so they still exclude each other). A later migration can drop it.
 """
 
 from collections.abc import Sequence
@@ -67,10 +71,8 @@ $$
 def upgrade() -> None:
     """Apply this revision."""
     op.execute(ADMIT)
-    op.execute("DROP SEQUENCE imagegen_dispatch_generation")
 
 
 def downgrade() -> None:
     """Revert this revision."""
-    op.execute("CREATE SEQUENCE imagegen_dispatch_generation")
     op.execute("DROP FUNCTION imagegen_admit(integer, text)")

@@ -234,3 +234,27 @@ def test_admission_waits_for_the_lock_holder_and_sees_its_changes(db: Stack) -> 
     b.join(10)
     assert result == [[late]]
     assert _status(late) == "submitting"
+
+
+def test_cancel_check_and_change_are_one_statement(db: Stack) -> None:
+    # ``unsent`` is checked by the UPDATE itself: a POST that started after cancel read the
+    # job still wins, whatever cancel saw before.
+    job_id = _accept(request()).job_id
+    assert _claim(5) == [job_id]
+    with session_scope() as session:
+        assert jobs.begin_submit(session, job_id, answer_within=30) is not None
+    with session_scope() as session:
+        cancelled = jobs.fail(
+            session, job_id, ErrorCode.CANCELLED, "late", expected=[JobStatus.SUBMITTING],
+            unsent=True,
+        )  # fmt: skip
+    assert cancelled is False
+    assert _status(job_id) == "submitting"
+    other = _accept(request()).job_id
+    assert _claim(5) == [other]
+    with session_scope() as session:
+        assert jobs.fail(
+            session, other, ErrorCode.CANCELLED, "early", expected=[JobStatus.SUBMITTING],
+            unsent=True,
+        )  # fmt: skip
+    assert _status(other) == "cancelled"

@@ -188,7 +188,7 @@ def inflight(
     console: Console,
     output: Path,
     *,
-    jobs: int = 6000,
+    jobs: int = 5000,
     duration: float = 30.0,
     naive_jobs: int = 64,
     workers: int = 2,

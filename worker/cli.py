@@ -347,7 +347,7 @@ def bench_throughput(
 
 @bench_app.command("inflight")
 def bench_inflight(
-    jobs: Annotated[int, typer.Option(help="Jobs submitted at once.")] = 6000,
+    jobs: Annotated[int, typer.Option(help="Jobs submitted at once.")] = 5000,
     duration: Annotated[float, typer.Option(help="Upstream seconds per task.")] = 30.0,
     naive_jobs: Annotated[int, typer.Option(help="Jobs for the naive design.")] = 64,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,

@@ -149,10 +149,6 @@ class IllegalTransitionError(ValueError):
     """A transition the state machine does not allow."""
 
 
-def _after(seconds: float) -> ColumnElement[datetime]:
-    return func.now() + timedelta(seconds=seconds)
-
-
 class _Now:
     """A transition value: the database clock at the time of the change."""
 
@@ -627,10 +623,11 @@ def take_overdue(session: Db, *, stale_after: float, recheck_in: float) -> list[
         update(J)
         .where(
             J.c.status.in_([s.value for s in HOLDING_SLOT]),
-            J.c.next_check_at < _after(-stale_after),
+            J.c.next_check_at < _later("p_stale"),
         )
-        .values(next_check_at=_after(recheck_in))
+        .values(next_check_at=_later("p_recheck"))
         .returning(J.c.id, J.c.status, J.c.submit_started_at, J.c.poll_count),
+        {"p_stale": timedelta(seconds=-stale_after), "p_recheck": timedelta(seconds=recheck_in)},
     ).all()
     return [
         Overdue(r.id, JobStatus(r.status), r.submit_started_at is not None, r.poll_count)

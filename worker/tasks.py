@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from api_schema import ErrorCode, ImageView, JobStatus, names, storable_problem
+from api_schema import ErrorCode, ImageView, JobStatus, names, unstorable_at
 
 from . import jobs
 from .celery_app import app
@@ -43,27 +43,6 @@ INLINE_SUBMITS = 4
 UNSTORABLE = "text with a NUL character or an unpaired surrogate cannot be stored"
 
 
-def _storable(text: str) -> bool:
-    return storable_problem(text) is None
-
-
-def _unstorable(value: object, path: str) -> str | None:
-    """Where in ``value`` is text PostgreSQL cannot store (NUL, unpaired surrogate), if any."""
-    stack = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, str) and not _storable(item):
-            return where
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if isinstance(key, str) and not _storable(key):
-                    return f"{where}.{key!a}" if where else ascii(key)
-                stack.append((child, f"{where}.{key}" if where else str(key)))
-        elif isinstance(item, list | tuple):
-            stack.extend((child, f"{where}.{i}") for i, child in enumerate(item))
-    return None
-
-
 @worker_process_init.connect
 def _fresh_process(**_: Any) -> None:
     # Prefork children inherit the parent's pools; they must open their own.
@@ -86,17 +65,17 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
             "dropped %s message: task id longer than %d characters", names.GENERATE_TASK, MAX_JOB_ID
         )
         return {"job_id": message_id[:MAX_JOB_ID], "status": "dropped"}
-    if _unstorable(message_id, "id") is not None:
+    if unstorable_at(message_id, "id") is not None:
         log.error("dropped %s message: task id %a: %s", names.GENERATE_TASK, message_id, UNSTORABLE)
         return {"job_id": ascii(message_id)[:MAX_JOB_ID], "status": "dropped"}
-    unstorable = _unstorable(kwargs, "") or _unstorable(args, "args")
+    unstorable = unstorable_at(kwargs) or unstorable_at(args, "args")
     if unstorable is not None:
-        with transaction() as session:
+        with autocommit() as session:  # one statement
             accepted = jobs.record_invalid(session, message_id, f"{unstorable}: {UNSTORABLE}")
     elif args or set(kwargs) != {"request"}:
         got = ", ".join(sorted(kwargs)) or "none"
         detail = f"{len(args)} positional argument(s), kwargs: {got}"
-        with transaction() as session:
+        with autocommit() as session:  # one statement
             accepted = jobs.record_invalid(
                 session, message_id, f"message: expected kwargs {{'request': ...}}, got {detail}"
             )

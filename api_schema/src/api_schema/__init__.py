@@ -13,6 +13,7 @@ from .models import (
     JobView,
     describe_validation_error,
     storable_problem,
+    unstorable_at,
 )
 from .names import (
     ALL_QUEUES,
@@ -45,4 +46,5 @@ __all__ = [
     "JobView",
     "describe_validation_error",
     "storable_problem",
+    "unstorable_at",
 ]

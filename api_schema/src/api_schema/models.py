@@ -62,23 +62,21 @@ def check_storable(value: str) -> str:
     return value
 
 
-def _json_text_problem(value: object) -> str | None:
-    """The first text problem in a JSON value's keys and strings, however deep."""
-    stack = [value]
+def unstorable_at(value: object, path: str = "") -> str | None:
+    """Where in a JSON-like ``value`` (keys included, however deep) is text PostgreSQL
+    cannot store, as a dotted path under ``path``; None when there is none."""
+    stack = [(value, path)]
     while stack:
-        item = stack.pop()
-        texts: list[str] = []
-        if isinstance(item, str):
-            texts = [item]
-        elif isinstance(item, dict):
-            texts = [str(key) for key in item]
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        for text in texts:
-            problem = storable_problem(text)
-            if problem is not None:
-                return problem
+        item, where = stack.pop()
+        if isinstance(item, str) and storable_problem(item) is not None:
+            return where
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and storable_problem(key) is not None:
+                    return f"{where}.{key!a}" if where else ascii(key)
+                stack.append((child, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, f"{where}.{i}") for i, child in enumerate(item))
     return None
 
 
@@ -211,9 +209,11 @@ class GenerationRequest(BaseModel):
                 encoded = json.dumps(value, separators=(",", ":"), allow_nan=False)
             except (TypeError, ValueError):
                 raise ValueError("must be a JSON object") from None
-            problem = _json_text_problem(value)
-            if problem is not None:
-                raise ValueError(f"text in it {problem}")
+            where = unstorable_at(value)
+            if where is not None:
+                raise ValueError(
+                    f"text at {where} must not contain a NUL character or an unpaired surrogate"
+                )
             if len(encoded.encode()) > MAX_METADATA_BYTES:
                 raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
         return value

@@ -49,7 +49,10 @@ bench: install services ## every benchmark (see `imagegen bench --help`)
 	$(RUN) imagegen bench all
 
 compose-config: tools ## validate docker-compose.yml offline
-	IMAGEGEN_FLOWER_BASIC_AUTH=$${IMAGEGEN_FLOWER_BASIC_AUTH:-check:check} docker-compose -f docker-compose.yml config --quiet
+	IMAGEGEN_FLOWER_BASIC_AUTH=$${IMAGEGEN_FLOWER_BASIC_AUTH:-check:check} \
+	IMAGEGEN_REDIS_PRODUCER_PASSWORD=$${IMAGEGEN_REDIS_PRODUCER_PASSWORD:-check-producer-0123} \
+	IMAGEGEN_REDIS_WORKER_PASSWORD=$${IMAGEGEN_REDIS_WORKER_PASSWORD:-check-worker-0123} \
+	docker-compose -f docker-compose.yml config --quiet
 
 clean: ## remove local state (not .venv)
 	rm -rf demo-output bench-results .imagegen .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ and worker processes, measures, prints a table and writes JSON."""
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import threading
 import time
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from api_schema import MAINTENANCE_QUEUE, REQUESTS_QUEUE, UPSTREAM_QUEUE
 from api_schema.producer import producer_app
 
+from .baseline import NOOP_QUEUE, NOOP_TASK
 from .report import emit, percentile, rss_bytes
 from .stack import LocalStack
 
@@ -130,18 +132,28 @@ def throughput(
         stack.start_sim(
             SIM_CONCURRENCY="0", SIM_RPM="0", SIM_PENDING_SECONDS="0", SIM_PROCESSING_SECONDS="0"
         )
-        for i in range(workers):
-            stack.start_worker(f"bench{i}", concurrency=threads)
         console.print(f"{workers} worker processes x {threads} threads; {jobs} jobs")
+        # The baseline runs in workers of its own (production workers register no bench
+        # task), on the same Celery settings, and they stop before the pipeline starts.
+        for i in range(workers):
+            stack.start_worker(
+                f"noop{i}",
+                argv=[
+                    sys.executable, "-m", "bench.baseline",
+                    "--hostname", f"noop{i}@%h", "--concurrency", str(threads),
+                ],
+            )  # fmt: skip
         app = producer_app(stack.broker_url)
-
         counter = f"bench:noop:{uuid.uuid4().hex}"
         start = time.perf_counter()
         for _ in range(jobs):
-            app.send_task("imagegen.noop", kwargs={"counter": counter}, queue=UPSTREAM_QUEUE)
+            app.send_task(NOOP_TASK, kwargs={"counter": counter}, queue=NOOP_QUEUE)
         noop_publish = time.perf_counter() - start
         wait_progress(console, "no-op tasks", jobs, lambda: stack.counter(counter), 600)
         noop_seconds = time.perf_counter() - start
+        stack.stop_workers()
+        for i in range(workers):
+            stack.start_worker(f"bench{i}", concurrency=threads)
 
         body = {"subject_reference_images": [REFERENCE]}
         start = time.perf_counter()

@@ -139,7 +139,7 @@ class Simulator:
         self.store.purge(now, config.result_ttl_seconds)
         error = None
         if self.roll("fail_task", config.faults.fail_task):
-            error = self.rng.choice(_FAIL_REASONS)
+            error = config.faults.fail_reason or self.rng.choice(_FAIL_REASONS)
         # No await since the balance check: the reservation cannot race another submit.
         task = self.store.create(
             team,
@@ -224,7 +224,7 @@ class Simulator:
                         "type": "image",
                         "width": params.width,
                         "height": params.height,
-                        "format": "png",
+                        "format": self.config.faults.result_format or "png",
                         "role": "primary",
                     }
                     for index in range(params.n)

@@ -50,6 +50,10 @@ class Faults:
     drop_after_create: float = 0.0
     malformed_json: float = 0.0
     fail_task: float = 0.0
+    # A hostile or broken upstream: the text a failed task reports (echoing, say, the key
+    # it was called with) and the format its results claim; None: the usual ones.
+    fail_reason: str | None = None
+    result_format: str | None = None
     seed: int | None = None
 
 
@@ -170,6 +174,10 @@ def _set_fault(faults: Faults, name: str, value: Any, from_text: bool) -> None:
 
 
 def _coerce(name: str, value: Any, from_text: bool) -> Any:
+    if name in ("fail_reason", "result_format"):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"field '{name}' must be a string or null")
+        return None if from_text and value in ("", "none", "null") else value
     if name == "seed":
         return _coerce_seed(value, from_text)
     if name in _NON_NEGATIVE_INTS:

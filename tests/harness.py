@@ -109,9 +109,39 @@ class Stack(LocalStack):
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} not in {statuses} after {timeout}s: {view}")
 
+    def send_signed(
+        self,
+        task: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Publish an internal message as a worker would: signed with the workers' key."""
+        from api_schema.producer import producer_app
+        from worker.broker import MAC_HEADER, SIGNED_TASKS, message_mac
+
+        # Read with this harness's own (pre-pinged) engine, which survives the database
+        # restarts of the fault tests.
+        key = str(self.sql("SELECT value FROM imagegen_secrets WHERE name = 'message_key'")[0][0])
+        task_id = task_id or str(uuid.uuid4())
+        queue = SIGNED_TASKS[task]
+        mac = message_mac(key.encode(), task, task_id, queue, args, kwargs)
+        producer_app(self.broker_url).send_task(
+            task,
+            args=args,
+            kwargs=kwargs,
+            task_id=task_id,
+            queue=queue,
+            headers={MAC_HEADER: mac},
+            **options,
+        )
+        return task_id
+
     def clean(self) -> None:
         """Forget every job and every queued message: a clean slate for the next test."""
-        self.sql("TRUNCATE jobs, job_events, job_images, job_aliases")
+        self.sql("TRUNCATE jobs, job_events, job_images, job_aliases, dropped_messages")
         self.redis().flushdb()
         self.sim_reset()
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from api_schema import AspectRatio, GenerationRequest, JobStatus, describe_validation_error
 
@@ -313,12 +314,47 @@ def cancel(job_id: str) -> None:
     if not done:
         err.print(f"job {job_id} is {now.value}; nothing to cancel")
         raise typer.Exit(1)
-    # Its slot is free now: a sweep admits the next queued job without waiting for beat.
-    from api_schema import MAINTENANCE_QUEUE, SWEEP_TASK
-    from api_schema.producer import producer_app
+    # Its slot is free now: a sweep admits the next queued job without waiting for beat
+    # (sent through the workers' app: internal messages are signed).
+    from .tasks import sweep
 
-    producer_app(_settings().broker_url).send_task(SWEEP_TASK, queue=MAINTENANCE_QUEUE)
+    sweep.apply_async()
     out.print(f"job {job_id} cancelled")
+
+
+@app.command()
+def dropped(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Messages the workers refused with no job to record them on (and why)."""
+    from sqlalchemy import select
+
+    from .db import session_scope
+    from .models import DroppedMessage
+
+    _settings()
+    with session_scope() as session:
+        rows = session.scalars(
+            select(DroppedMessage).order_by(DroppedMessage.id.desc()).limit(limit)
+        ).all()
+    if as_json:
+        for r in rows:
+            fields = ("id", "queue", "task", "message_id", "size", "reason", "worker")
+            record = {f: getattr(r, f) for f in fields} | {"at": r.at.isoformat()}
+            sys.stdout.write(json.dumps(record) + "\n")
+        return
+    table = Table("at", "queue", "task", "id", "bytes", "reason")
+    for r in rows:
+        table.add_row(
+            f"{r.at:%Y-%m-%d %H:%M:%S}",
+            r.queue,
+            r.task or "",
+            r.message_id or "",
+            str(r.size),
+            r.reason,
+        )
+    out.print(table)
 
 
 @app.command()

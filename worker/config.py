@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     worker_prefetch_multiplier: int = Field(
         default=4, ge=1, description="Messages a worker reserves per thread (Celery's setting)."
     )
+    message_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the workers' internal message signatures; unset: the one the "
+        "database migration made (imagegen_secrets).",
+    )
+    infra_max_retries: int = Field(
+        default=120,
+        ge=1,
+        description="Retries of a task whose database or Redis is away (backoff up to 30 s).",
+    )
     flower_basic_auth: SecretStr | None = None
     flower_port: int = 5555
 

@@ -31,6 +31,7 @@ def _state() -> tuple[Engine, sessionmaker[Session]]:
             pool_size=max(5, settings.worker_concurrency + 2),
             max_overflow=10,
             pool_recycle=1800,
+            hide_parameters=True,  # bound values never reach exception texts or logs
         )
         _engine = (os.getpid(), engine, sessionmaker(engine, expire_on_commit=False))
     return _engine[1], _engine[2]

@@ -9,6 +9,8 @@ All timestamps come from the database clock, so hosts with skewed clocks agree.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, selectinload
 
 from api_schema import (
@@ -43,9 +46,10 @@ from api_schema import (
     JobStatus,
     JobView,
     describe_validation_error,
+    request_fingerprint,
 )
 
-from .models import Job, JobAlias
+from .models import DroppedMessage, Job, JobAlias
 
 S = JobStatus
 #: Legal transitions, as data. Anything else is refused.
@@ -74,6 +78,7 @@ ACTOR: ContextVar[str | None] = ContextVar("imagegen_actor", default=None)
 # the ORM-enabled insert/update machinery costs more CPU than the rest of a job's SQL.
 J = cast(Table, Job.__table__)
 A = cast(Table, JobAlias.__table__)
+D = cast(Table, DroppedMessage.__table__)
 
 
 def _later(name: str) -> ColumnElement[datetime]:
@@ -82,11 +87,14 @@ def _later(name: str) -> ColumnElement[datetime]:
 
 
 # The statements every job runs, built once: no per-call construction or cache-key work.
-# A new job and its first event in one statement (atomic without a transaction).
+# A new job and its first event in one statement (atomic without a transaction). An id that
+# is already an idempotency alias never becomes a job of its own (it would shadow the alias).
 _INSERT_JOB: Final = text(
     "WITH job AS (INSERT INTO jobs (id, status, priority, request, idempotency_key, metadata, "
-    "deadline_at, next_check_at) VALUES (:p_id, 'queued', :p_priority, :p_request, :p_key, "
-    ":p_metadata, now() + :p_deadline, now()) ON CONFLICT DO NOTHING RETURNING id) "
+    "request_hash, deadline_at, next_check_at) SELECT CAST(:p_id AS varchar), 'queued', "
+    ":p_priority, :p_request, :p_key, :p_metadata, :p_hash, now() + :p_deadline, now() "
+    "WHERE NOT EXISTS (SELECT 1 FROM job_aliases WHERE alias_id = CAST(:p_id AS varchar)) "
+    "ON CONFLICT DO NOTHING RETURNING id) "
     "INSERT INTO job_events (job_id, from_status, to_status, worker) "
     "SELECT id, NULL, 'queued', :p_worker FROM job RETURNING job_id"
 ).bindparams(
@@ -97,8 +105,9 @@ _INSERT_JOB: Final = text(
 # A request that cannot run, recorded failed with its event, in one statement.
 _INSERT_INVALID: Final = text(
     "WITH job AS (INSERT INTO jobs (id, status, deadline_at, finished_at, error_code, "
-    "error_message) VALUES (:p_id, 'failed', now(), now(), :p_code, :p_message) "
-    "ON CONFLICT DO NOTHING RETURNING id) "
+    "error_message, request_hash) SELECT CAST(:p_id AS varchar), 'failed', now(), now(), "
+    ":p_code, :p_message, :p_hash WHERE NOT EXISTS (SELECT 1 FROM job_aliases WHERE alias_id = "
+    "CAST(:p_id AS varchar)) ON CONFLICT DO NOTHING RETURNING id) "
     "INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
     "SELECT id, NULL, 'failed', :p_detail, :p_worker FROM job RETURNING job_id"
 )
@@ -115,7 +124,7 @@ _BEGIN_SUBMIT: Final = (
         updated_at=func.now(),
         next_check_at=_later("p_answer"),
     )
-    .returning(J.c.request)
+    .returning(J.c.request, J.c.submit_attempts)
 )
 _CLAIM_POLL: Final = (
     update(J)
@@ -281,58 +290,122 @@ class Accepted:
 
     job_id: str  # the job the message's id now stands for (an earlier one for a reused key)
     status: JobStatus
-    created: bool  # False for a redelivery or a reused idempotency key
+    created: bool  # False for a redelivery, a reused idempotency key or a refused reuse
 
 
 def accept(session: Db, message_id: str, raw: object, *, default_deadline_seconds: int) -> Accepted:
     """Validate one request and record it as a queued job, or as a failed one if invalid.
 
-    A redelivered message (same id) and a reused idempotency key both return the existing
-    job and create nothing new. The insert comes first: a new job costs one statement.
+    Total: whatever ``raw`` is, the message ends as a job (queued or ``invalid_request``) or,
+    when its id already names another request, as a ``dropped_messages`` row. A redelivery
+    (same id, same request) and a reused idempotency key with the same request return the
+    existing job and create nothing; the same key with another request is refused. The
+    insert comes first: a new job costs one statement.
     """
+    problem: str | None = None
     try:
         if not isinstance(raw, dict):
             raise TypeError(type(raw).__name__)
         request = GenerationRequest.model_validate(raw)
     except ValidationError as exc:
-        return record_invalid(session, message_id, describe_validation_error(exc))
+        problem = describe_validation_error(exc)
     except TypeError as exc:
-        return record_invalid(session, message_id, f"request: must be a JSON object, got {exc}")
+        problem = f"request: must be a JSON object, got {exc}"
+    except (ValueError, RecursionError) as exc:
+        problem = f"request: could not be validated ({type(exc).__name__})"
+    if problem is not None:
+        return record_invalid(session, message_id, problem, request_hash=raw_fingerprint(raw))
+    fingerprint = request_fingerprint(request)
     deadline = request.deadline_seconds or default_deadline_seconds
-    inserted = _run(
-        session,
-        _INSERT_JOB,
-        {
-            "p_id": message_id,
-            "p_priority": request.priority,
-            "p_request": request.model_dump(mode="json", exclude_none=True),
-            "p_key": request.idempotency_key,
-            "p_metadata": request.metadata,
-            "p_deadline": timedelta(seconds=deadline),
-            "p_worker": ACTOR.get(),
-        },
-    ).first()
+    try:
+        inserted = _run(
+            session,
+            _INSERT_JOB,
+            {
+                "p_id": message_id,
+                "p_priority": request.priority,
+                "p_request": request.model_dump(mode="json", exclude_none=True),
+                "p_key": request.idempotency_key,
+                "p_metadata": request.metadata,
+                "p_hash": fingerprint,
+                "p_deadline": timedelta(seconds=deadline),
+                "p_worker": ACTOR.get(),
+            },
+        ).first()
+    except (DataError, ValueError, RecursionError) as exc:
+        return record_invalid(
+            session,
+            message_id,
+            f"request: could not be stored ({_why(exc)})",
+            request_hash=fingerprint,
+        )
     if inserted is not None:
         return Accepted(message_id, S.QUEUED, created=True)
     # A redelivery, the same message running twice at once, or the key is taken.
     existing = _find(session, message_id)
-    if existing is None and request.idempotency_key is not None:
-        existing = _run(
+    if existing is not None:
+        if existing.request_hash not in (None, fingerprint):
+            record_dropped(
+                session,
+                queue="imagegen.requests",
+                task="imagegen.generate",
+                message_id=message_id,
+                size=0,
+                reason="the job id already names a different request: refused, nothing sent",
+            )
+        return Accepted(existing.id, JobStatus(existing.status), created=False)
+    if request.idempotency_key is not None:
+        by_key = _run(
             session,
-            select(J.c.id, J.c.status).where(J.c.idempotency_key == request.idempotency_key),
+            select(J.c.id, J.c.status, J.c.request_hash).where(
+                J.c.idempotency_key == request.idempotency_key
+            ),
         ).first()
-        if existing is not None:
+        if by_key is not None:
+            if by_key.request_hash not in (None, fingerprint):
+                return record_invalid(
+                    session,
+                    message_id,
+                    "idempotency_key: already used for a different request "
+                    "(a key stands for one request; use a new key)",
+                    request_hash=fingerprint,
+                )
             _run(
                 session,
-                insert(A).values(alias_id=message_id, job_id=existing.id).on_conflict_do_nothing(),
+                insert(A)
+                .values(alias_id=message_id, job_id=by_key.id, request_hash=fingerprint)
+                .on_conflict_do_nothing(),
             )
-    if existing is None:
-        raise RuntimeError(f"job {message_id} conflicted but cannot be found")
-    return Accepted(existing.id, JobStatus(existing.status), created=False)
+            return Accepted(by_key.id, JobStatus(by_key.status), created=False)
+    raise RuntimeError(f"job {message_id} conflicted but cannot be found")
 
 
-def record_invalid(session: Db, job_id: str, message: str) -> Accepted:
-    """Record a request that cannot be run as a failed ``invalid_request`` job."""
+def _why(exc: BaseException) -> str:
+    """A short, parameter-free description of a failure to store (the database's own words
+    where it has them: the engine hides bound parameters)."""
+    orig = getattr(exc, "orig", None)
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    return f"{type(exc).__name__}: {primary}" if primary else type(exc).__name__
+
+
+def raw_fingerprint(value: object) -> str | None:
+    """sha256 of any JSON-like value (what an invalid request was), or None if unreadable."""
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def record_invalid(
+    session: Db, job_id: str, message: str, *, request_hash: str | None = None
+) -> Accepted:
+    """Record a request that cannot be run as a failed ``invalid_request`` job.
+
+    When ``job_id`` already names a job, a redelivery (the same ``request_hash``) is answered
+    with it; anything else is kept as a ``dropped_messages`` row (the id is taken).
+    """
     message = message[:MAX_ERROR_MESSAGE]
     detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
     params = {
@@ -341,26 +414,61 @@ def record_invalid(session: Db, job_id: str, message: str) -> Accepted:
         "p_message": message,
         "p_detail": detail,
         "p_worker": ACTOR.get(),
+        "p_hash": request_hash,
     }
     if _run(session, _INSERT_INVALID, params).first() is not None:
         return Accepted(job_id, S.FAILED, created=True)
-    existing = _find(session, job_id)  # a redelivery: report what the job became
+    existing = _find(session, job_id)
     if existing is None:
         return Accepted(job_id, S.FAILED, created=False)
+    if existing.id != job_id or existing.request_hash not in (None, request_hash):
+        record_dropped(
+            session,
+            queue="imagegen.requests",
+            task="imagegen.generate",
+            message_id=job_id,
+            size=0,
+            reason=f"refused ({message}); the job id already names another job",
+        )
     return Accepted(existing.id, JobStatus(existing.status), created=False)
 
 
-def _find(session: Db, job_id: str) -> Row[tuple[str, str]] | None:
-    """(id, status) of the job ``job_id`` names, following an idempotency alias."""
+def record_dropped(
+    session: Db,
+    *,
+    queue: str,
+    task: str | None,
+    message_id: str | None,
+    size: int,
+    reason: str,
+) -> None:
+    """Keep a refused message with no job of its own, and why (``imagegen dropped``)."""
+    _run(
+        session,
+        insert(D).values(
+            queue=queue,
+            task=task,
+            message_id=message_id,
+            size=size,
+            reason=reason[:MAX_ERROR_MESSAGE],
+            worker=ACTOR.get(),
+        ),
+    )
+
+
+def _find(session: Db, job_id: str) -> Row[tuple[str, str, str | None]] | None:
+    """(id, status, request_hash) of the job ``job_id`` names, following an idempotency
+    alias (whose own request hash is the one reported)."""
+    direct = _run(
+        session, select(J.c.id, J.c.status, J.c.request_hash).where(J.c.id == job_id)
+    ).first()
+    if direct is not None:
+        return direct
     return _run(
         session,
-        select(J.c.id, J.c.status).where(
-            J.c.id.in_(
-                select(J.c.id)
-                .where(J.c.id == job_id)
-                .union_all(select(A.c.job_id).where(A.c.alias_id == job_id))
-            )
-        ),
+        select(J.c.id, J.c.status, A.c.request_hash)
+        .join(A, A.c.job_id == J.c.id)
+        .where(A.c.alias_id == job_id),
     ).first()
 
 
@@ -395,7 +503,27 @@ def admit(connection: Connection, limit: int) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def begin_submit(session: Db, job_id: str, *, answer_within: float) -> dict[str, Any] | None:
+_SUBMITTABLE: Final = select(J.c.id).where(
+    J.c.id == bindparam("p_id"),
+    J.c.status == S.SUBMITTING.value,
+    J.c.submit_started_at.is_(None),
+)
+
+
+def submittable(session: Db, job_id: str) -> bool:
+    """The job is admitted and its POST has not started: worth a request token."""
+    return _run(session, _SUBMITTABLE, {"p_id": job_id}).first() is not None
+
+
+@dataclass(frozen=True)
+class SubmitTicket:
+    """The right to make the one POST of a job."""
+
+    payload: dict[str, Any]
+    attempt: int  # the job's submit_attempts after this one began
+
+
+def begin_submit(session: Db, job_id: str, *, answer_within: float) -> SubmitTicket | None:
     """Mark the POST as under way and return the upstream payload; None if not ours to send.
 
     Committed before the POST: a job found later with ``submit_started_at`` set and no
@@ -405,13 +533,35 @@ def begin_submit(session: Db, job_id: str, *, answer_within: float) -> dict[str,
     row = _run(session, _BEGIN_SUBMIT, params).first()
     if row is None or row.request is None:
         return None
-    return GenerationRequest.model_validate(row.request).upstream_payload()
+    payload = GenerationRequest.model_validate(row.request).upstream_payload()
+    return SubmitTicket(payload, int(row.submit_attempts))
 
 
 def record_submitted(
-    session: Db, job_id: str, upstream_task_id: str, *, first_poll_in: float
+    session: Db,
+    job_id: str,
+    upstream_task_id: str,
+    *,
+    first_poll_in: float,
+    attempt: int | None = None,
 ) -> bool:
-    """The upstream accepted the POST: store its task id, the job is now ``pending``."""
+    """The upstream accepted the POST: store its task id, the job is now ``pending``.
+
+    With ``attempt`` (an answer recorded later, from a message), only while the job is still
+    in that POST attempt: an upstream task id is recorded only for the POST that made it.
+    """
+    if attempt is not None:
+        current = _run(
+            session,
+            select(J.c.submit_attempts).where(
+                J.c.id == job_id,
+                J.c.status == S.SUBMITTING.value,
+                J.c.submit_started_at.is_not(None),
+                J.c.upstream_task_id.is_(None),
+            ),
+        ).scalar()
+        if current != attempt:
+            return False
     return (
         transition(
             session,

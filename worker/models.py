@@ -42,6 +42,9 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(SmallInteger, default=5, server_default="5")
     request: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # sha256 of the request (api_schema.request_fingerprint): the same id or key with
+    # another request is refused, never answered with this job.
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
 
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -122,3 +125,28 @@ class JobAlias(Base):
     alias_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class DroppedMessage(Base):
+    """A queue entry the workers refused with no job to record it on, and why."""
+
+    __tablename__ = "dropped_messages"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+    queue: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str | None] = mapped_column(String(200))
+    message_id: Mapped[str | None] = mapped_column(String(200))
+    size: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))
+
+
+class Secret(Base):
+    """Keys only the workers hold (they read the database; producers only reach Redis)."""
+
+    __tablename__ = "imagegen_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

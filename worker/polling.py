@@ -19,7 +19,8 @@ def poll_delay(attempt: int, settings: Settings, rng: random.Random | None = Non
     else:
         base = min(
             settings.poll_max_interval_seconds,
-            settings.poll_interval_seconds * settings.poll_backoff ** (attempt - 1),
+            # (the exponent is capped: a poll chain may run for days)
+            settings.poll_interval_seconds * settings.poll_backoff ** min(attempt - 1, 64),
         )
     spread = base * settings.poll_jitter
     return max(0.05, base + (rng or random).uniform(-spread, spread))
@@ -27,6 +28,6 @@ def poll_delay(attempt: int, settings: Settings, rng: random.Random | None = Non
 
 def retry_delay(attempt: int, settings: Settings, floor: float | None = None) -> float:
     """Seconds before retrying a call that failed transiently for the ``attempt``-th time."""
-    delay = min(settings.retry_max_interval_seconds, 0.5 * 2 ** max(0, attempt))
+    delay = min(settings.retry_max_interval_seconds, 0.5 * 2 ** min(max(0, attempt), 30))
     delay = random.uniform(delay / 2, delay)
     return max(delay, floor or 0.0)

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import task_prerun, worker_process_init
+from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -17,9 +19,18 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from api_schema import ErrorCode, ImageView, JobStatus, names, unstorable_at
 
 from . import jobs
+from .broker import usable_job_id
 from .celery_app import app
+from .config import get_settings
 from .db import autocommit, reset_engine, transaction
-from .modellix import OutcomeUnknownError, PermanentError, RetryableError, TaskState, UpstreamError
+from .modellix import (
+    TASK_ID,
+    OutcomeUnknownError,
+    PermanentError,
+    RetryableError,
+    TaskState,
+    UpstreamError,
+)
 from .polling import poll_delay, retry_delay
 from .runtime import Runtime, get_runtime, reset_runtime
 from .storage import StorageError, store_image
@@ -28,16 +39,26 @@ log = logging.getLogger("imagegen.tasks")
 T = TypeVar("T")
 #: Failures of the database or of Redis itself: the task is retried with a countdown, never
 #: dropped (with late acks a task that raises is still acked, and its message would be lost).
-INFRA_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
+INFRA_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    BrokerError,  # a publish that failed (kombu's wrapper of Redis connection errors)
+)
+#: Bounded: a submit or poll that gives up is found again by the sweeper from the database;
+#: a request that gives up goes back to its queue (see ``generate``).
 _RETRY_INFRA: dict[str, Any] = {
     "autoretry_for": INFRA_ERRORS,
     "retry_backoff": 1,
     "retry_backoff_max": 30,
     "retry_jitter": True,
-    "max_retries": None,
+    "max_retries": get_settings().infra_max_retries,
 }
 MAX_JOB_ID = 64
-NOOP_TASK = "imagegen.noop"
+#: A poll chain is bounded by its job's deadline (at most a week, checked at every claim);
+#: this is only a backstop on the count (a job past it is found again by the sweeper).
+POLL_MAX_RETRIES = 100_000
 #: How many of the jobs its admission lets in a task POSTs itself (the rest get messages).
 INLINE_SUBMITS = 4
 UNSTORABLE = "text with a NUL character or an unpaired surrogate cannot be stored"
@@ -56,28 +77,55 @@ def _name_actor(task: Task | None = None, **_: Any) -> None:
     jobs.ACTOR.set(str(task.request.hostname) if task is not None else None)
 
 
-@app.task(name=names.GENERATE_TASK, bind=True, **_RETRY_INFRA)
+@app.task(name=names.GENERATE_TASK, bind=True, max_retries=None)
 def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
-    """Accept one request: validate it, record the job, admit what fits upstream."""
-    message_id = str(self.request.id)
-    if len(message_id) > MAX_JOB_ID:
-        log.error(
-            "dropped %s message: task id longer than %d characters", names.GENERATE_TASK, MAX_JOB_ID
-        )
-        return {"job_id": message_id[:MAX_JOB_ID], "status": "dropped"}
-    if unstorable_at(message_id, "id") is not None:
-        log.error("dropped %s message: task id %a: %s", names.GENERATE_TASK, message_id, UNSTORABLE)
+    """Accept one request: validate it, record the job, admit what fits upstream.
+
+    A request has no row until it is accepted, so nothing else could recover it: while its
+    database or Redis is away it is retried every 30 s at most, like the requests still
+    waiting in the queue behind it, never given up (and never acked as failed).
+    """
+    try:
+        return _generate(str(self.request.id), args, kwargs)
+    except INFRA_ERRORS as exc:
+        if self.request.retries and self.request.retries % 20 == 0:
+            log.error("request %s: database or Redis away; still retrying", self.request.id)
+        delay = min(30.0, 2.0 ** min(self.request.retries, 5))
+        try:
+            raise self.retry(countdown=delay, exc=exc) from None
+        except Reject:  # the retry could not be published: back to the queue instead
+            raise Reject(str(exc), requeue=True) from None
+    except Exception as exc:  # a defect, not the request's fault: kept visible, never lost
+        log.exception("request %s could not be accepted", self.request.id)
+        with autocommit() as connection:
+            jobs.record_dropped(
+                connection,
+                queue=names.REQUESTS_QUEUE,
+                task=names.GENERATE_TASK,
+                message_id=ascii(str(self.request.id))[1:-1][:MAX_JOB_ID],
+                size=0,
+                reason=f"could not be accepted ({type(exc).__name__}); see the worker log",
+            )
+        return {"job_id": str(self.request.id), "status": "dropped"}
+
+
+def _generate(message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, str]:
+    if usable_job_id(message_id) is None:
+        # The guarded transport refuses these before they get here; kept as a last guard.
+        log.error("dropped %s message: task id %.80a is unusable", names.GENERATE_TASK, message_id)
         return {"job_id": ascii(message_id)[:MAX_JOB_ID], "status": "dropped"}
     unstorable = unstorable_at(kwargs) or unstorable_at(args, "args")
+    problem: str | None = None
     if unstorable is not None:
-        with autocommit() as session:  # one statement
-            accepted = jobs.record_invalid(session, message_id, f"{unstorable}: {UNSTORABLE}")
+        problem = f"{unstorable}: {UNSTORABLE}"
     elif args or set(kwargs) != {"request"}:
         got = ", ".join(sorted(kwargs)) or "none"
         detail = f"{len(args)} positional argument(s), kwargs: {got}"
+        problem = f"message: expected kwargs {{'request': ...}}, got {detail}"
+    if problem is not None:
         with autocommit() as session:  # one statement
             accepted = jobs.record_invalid(
-                session, message_id, f"message: expected kwargs {{'request': ...}}, got {detail}"
+                session, message_id, problem, request_hash=jobs.raw_fingerprint([args, kwargs])
             )
     else:
         accepted = _accept_and_admit(message_id, kwargs["request"])
@@ -125,10 +173,22 @@ def dispatch(*, inline: int = 0) -> list[str]:
 
 
 @app.task(name=names.SUBMIT_TASK, bind=True, **_RETRY_INFRA)
-def submit(self: Task, job_id: str, upstream_task_id: str | None = None) -> str:
+def submit(
+    self: Task, job_id: str, upstream_task_id: str | None = None, attempt: int | None = None
+) -> str:
     """POST one admitted job to the upstream, once (or only record an earlier POST's answer)."""
+    if not isinstance(job_id, str):
+        return "refused"
     if upstream_task_id is not None:
-        return _record_submitted(job_id, upstream_task_id, 0.0)
+        # The answer of this worker's own POST, kept in a message while the database was
+        # away: recorded only for the POST attempt that produced it.
+        if not (
+            isinstance(upstream_task_id, str)
+            and TASK_ID.fullmatch(upstream_task_id)
+            and type(attempt) is int
+        ):
+            return "refused"
+        return _record_submitted(job_id, upstream_task_id, 0.0, attempt=attempt)
     outcome = submit_now(job_id)
     if isinstance(outcome, float):
         raise self.retry(countdown=outcome)
@@ -150,14 +210,18 @@ def _refill() -> None:
 
 def submit_now(job_id: str) -> str | float:
     """POST one admitted job; the seconds to wait first when the request budget is spent."""
-    wait = get_runtime().gate.acquire()
-    if wait > 0:
-        return wait
-    with autocommit() as session:  # one statement
-        payload = jobs.begin_submit(session, job_id, answer_within=_answer_within())
-    if payload is None:
+    with autocommit() as session:
+        # No request token is spent on a job that is not ours to send (a duplicate
+        # message, a job that moved on).
+        if not jobs.submittable(session, job_id):
+            return "skipped"
+        wait = get_runtime().gate.acquire()
+        if wait > 0:
+            return wait
+        ticket = jobs.begin_submit(session, job_id, answer_within=_answer_within())
+    if ticket is None:
         return "skipped"  # a duplicate message, or the job moved on (cancelled, expired)
-    return _post(job_id, payload)
+    return _post(job_id, ticket)
 
 
 def _answer_within() -> float:
@@ -165,12 +229,12 @@ def _answer_within() -> float:
     return settings.connect_timeout + settings.read_timeout + 5
 
 
-def _post(job_id: str, payload: dict[str, Any]) -> str:
+def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     """Send a POST already marked as started, and act on its answer."""
     runtime = get_runtime()
     sent_at = time.monotonic()
     try:
-        submitted = runtime.upstream.submit(payload)
+        submitted = runtime.upstream.submit(ticket.payload)
     except RetryableError as exc:
         # Definitely not accepted: back in the queue, and if the upstream asked, everyone waits.
         _throttle(runtime, exc)
@@ -193,14 +257,20 @@ def _post(job_id: str, payload: dict[str, Any]) -> str:
         # The POST was accepted but the database is away: keep the answer in a message and
         # record it when the database is back, instead of leaving an unknown outcome.
         log.warning("job %s: storing upstream task id deferred (database unavailable)", job_id)
-        submit.apply_async((job_id,), {"upstream_task_id": submitted.task_id}, countdown=2)
+        submit.apply_async(
+            (job_id,),
+            {"upstream_task_id": submitted.task_id, "attempt": ticket.attempt},
+            countdown=2,
+        )
         return "record-deferred"
 
 
-def _record_submitted(job_id: str, upstream_task_id: str, first_poll: float) -> str:
-    with autocommit() as session:  # one statement
+def _record_submitted(
+    job_id: str, upstream_task_id: str, first_poll: float, *, attempt: int | None = None
+) -> str:
+    with autocommit() as session:  # one statement (two with an attempt to check)
         recorded = jobs.record_submitted(
-            session, job_id, upstream_task_id, first_poll_in=first_poll
+            session, job_id, upstream_task_id, first_poll_in=first_poll, attempt=attempt
         )
     if recorded:
         poll.apply_async((job_id, 0), countdown=first_poll)
@@ -211,15 +281,20 @@ def _record_submitted(job_id: str, upstream_task_id: str, first_poll: float) -> 
 
 @app.task(name=names.POLL_TASK, bind=True, **_RETRY_INFRA)
 def poll(self: Task, job_id: str, seq: int = 0) -> str:
-    """Ask the upstream about a submitted job; retry with a countdown while it runs."""
+    """Ask the upstream about a submitted job; retry with a countdown while it runs.
+
+    Retries are bounded by the job's deadline: every poll claims its turn in the database,
+    and a claim past the deadline ends the job.
+    """
+    if not isinstance(job_id, str) or type(seq) is not int:
+        return "refused"
     runtime = get_runtime()
     settings = runtime.settings
-    wait = runtime.gate.acquire()
-    if wait > 0:
-        raise self.retry(args=(job_id, seq), countdown=wait)
     hold_for = (
         settings.read_timeout + settings.connect_timeout + settings.retry_max_interval_seconds
     )
+    # The claim comes first: no request token is spent on a job that does not exist, has
+    # ended, or whose poll this is not.
     with autocommit() as session:  # one statement
         ticket = jobs.claim_poll(session, job_id, seq, hold_for=hold_for)
     if ticket is None:
@@ -232,12 +307,17 @@ def poll(self: Task, job_id: str, seq: int = 0) -> str:
             refill=True,
         )
         return "deadline"
+    wait = runtime.gate.acquire()
+    if wait > 0:
+        raise self.retry(args=(job_id, ticket.seq), countdown=wait, max_retries=POLL_MAX_RETRIES)
     try:
         state = runtime.upstream.get_task(ticket.upstream_task_id)
     except RetryableError as exc:
         _throttle(runtime, exc)
         delay = retry_delay(self.request.retries, settings, floor=exc.retry_after)
-        raise self.retry(args=(job_id, ticket.seq), countdown=delay) from None
+        raise self.retry(
+            args=(job_id, ticket.seq), countdown=delay, max_retries=POLL_MAX_RETRIES
+        ) from None
     except PermanentError as exc:
         _end(job_id, exc.error_code, exc.message, refill=True)
         return "rejected"
@@ -250,7 +330,11 @@ def poll(self: Task, job_id: str, seq: int = 0) -> str:
     if state.status == "processing" and ticket.status is JobStatus.PENDING:
         with autocommit() as session:  # one statement
             jobs.mark_processing(session, job_id)
-    raise self.retry(args=(job_id, ticket.seq), countdown=poll_delay(ticket.seq, settings))
+    raise self.retry(
+        args=(job_id, ticket.seq),
+        countdown=poll_delay(ticket.seq, settings),
+        max_retries=POLL_MAX_RETRIES,
+    )
 
 
 def _finish(
@@ -273,7 +357,7 @@ def _finish(
                 )
                 stored = str(path.resolve())
             except (StorageError, OSError) as exc:
-                if not ticket.overdue and self.request.retries < 20:
+                if not ticket.overdue:  # retried until the job's deadline
                     delay = retry_delay(self.request.retries, settings)
                     log.warning(
                         "job %s: copying image %d failed (%s); retrying", job_id, index, exc
@@ -405,10 +489,3 @@ def sweep() -> dict[str, int]:
     if any(result.values()):
         log.info("sweep: %s", result)
     return result
-
-
-@app.task(name=NOOP_TASK)
-def noop(counter: str | None = None) -> None:
-    """Does nothing but count itself: the baseline of ``imagegen bench throughput``."""
-    if counter:
-        get_runtime().redis.incr(counter)

@@ -47,6 +47,17 @@ def _data_url(kind: str, data: bytes) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(data).decode()
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def _big_png(size: int) -> str:
+    return _data_url("png", PNG_MAGIC + bytes(size - len(PNG_MAGIC)))
+
+
 def _ten_mib_png() -> str:
     # exactly MAX_IMAGE_BYTES decoded: the limit is "under 10 MiB", so this is one byte too many
     return _data_url("png", PNG_MAGIC + bytes(MAX_IMAGE_BYTES - len(PNG_MAGIC)))
@@ -197,6 +208,33 @@ INVALID: dict[str, Bad] = {
     "metadata-over-4KiB": Bad(_with(metadata={"blob": "m" * 4100}), "metadata"),
     "unknown-field": Bad(_with(colour="red"), "colour"),
     "unknown-field-near-miss": Bad(_with(aspectRatio="1:1"), "aspectRatio"),
+    # hostile shapes the producer's own validation refuses early (models and JSON Schema)
+    "metadata-256-deep": Bad(_lazy(lambda: request(metadata=_nested(256))), "metadata"),
+    "metadata-900-deep": Bad(_lazy(lambda: request(metadata=_nested(900))), "metadata"),
+    "prompt-only-whitespace": Bad(_with(prompt=" \t\n "), "prompt"),
+    "prompt-only-zero-width": Bad(_with(prompt="\u200b\u200c\u200d\u2060\ufeff"), "prompt"),
+    "refs-userinfo": Bad(
+        _with(subject_reference_images=["https://user:pw@example.com/a.jpg"]), f"{REFS}.0"
+    ),
+    "refs-loopback-ip": Bad(_with(subject_reference_images=["https://127.0.0.1/a.jpg"]), REFS),
+    "refs-private-ip": Bad(_with(subject_reference_images=["https://10.1.2.3/a.jpg"]), REFS),
+    "refs-link-local-ip": Bad(
+        _with(subject_reference_images=["https://169.254.169.254/latest"]), REFS
+    ),
+    "refs-ipv6-loopback": Bad(_with(subject_reference_images=["https://[::1]/a.jpg"]), REFS),
+    "refs-ipv4-mapped-ipv6": Bad(
+        _with(subject_reference_images=["https://[::ffff:127.0.0.1]/a.jpg"]), REFS
+    ),
+    "refs-control-character": Bad(
+        _with(subject_reference_images=["https://example.com/a\x07.jpg"]), REFS
+    ),
+    "refs-url-2049-chars": Bad(
+        _with(subject_reference_images=["https://example.com/" + "a" * 2029]), REFS
+    ),
+    "refs-bad-port": Bad(_with(subject_reference_images=["https://example.com:99999/a"]), REFS),
+    "request-over-the-size-cap": Bad(
+        _lazy(lambda: request(subject_reference_images=[_big_png(9 * 2**20)] * 2)), "bytes"
+    ),
     # the request itself is not an object
     "request-a-string": Bad(_request_is("not an object"), "request"),
     "request-a-list": Bad(_request_is([request()]), "request"),
@@ -369,63 +407,128 @@ def _drop(part: str, key: str) -> Build:
 
 @dataclass(frozen=True)
 class Raw:
-    """One raw list entry and the log line the worker must write about it."""
+    """One raw list entry and what must become of it.
+
+    ``job``: a failed ``invalid_request`` job whose message contains this text (the entry
+    has a usable id); ``dropped``: a ``dropped_messages`` row whose reason matches this
+    regex (no job to speak of); neither: the entry runs as the valid request it carries.
+    """
 
     build: Build
-    log: str  # a regex
+    job: str | None = None
+    dropped: str | None = None
     marker: bool = False  # the entry would create the marker file if its body were unpickled
 
 
-REFUSED = r"Refusing to deserialize untrusted content of type (pickle|yaml)"
-DROPPED = r"dropped a malformed message from imagegen\.requests"
-NOT_JSON = r"dropped a queue entry that is not a JSON message envelope"
+def _body_with(embed: dict[str, Any]) -> Build:
+    return _body(json.dumps([[], {"request": request()}, {**EMBED, **embed}]).encode())
+
+
+def _protocol1(**fields: Any) -> Build:
+    """A protocol 1 entry: task, id, args and kwargs in a JSON body, no task headers."""
+
+    def build(template: dict[str, Any], task_id: str, marker: Path) -> bytes:
+        env = _entry(template, task_id)
+        body = {"task": GENERATE_TASK, "id": task_id, "args": [], "kwargs": {"request": request()}}
+        body.update(fields)
+        env["headers"] = {}
+        env["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+        return json.dumps(env).encode()
+
+    return build
+
+
+NOOP_LINK = {"task": "imagegen.noop", "args": [], "kwargs": {"counter": "imagegen.upstream"}}
+CONTENT = "content type"
 DEEP = b"[" * 100_000 + b"]" * 100_000
 RAW: dict[str, Raw] = {
-    # the content types Celery must refuse, never load
-    "pickle-of-a-dict": Raw(_changed(lambda env, m: _pickled(env, {"a": 1})), REFUSED),
+    # the content types Celery must refuse, never load: the request is refused as a job
+    "pickle-of-a-dict": Raw(_changed(lambda env, m: _pickled(env, {"a": 1})), job=CONTENT),
     "pickle-that-would-create-a-file": Raw(
-        _changed(lambda env, m: _pickled(env, _OpenOnUnpickle(m))), REFUSED, marker=True
+        _changed(lambda env, m: _pickled(env, _OpenOnUnpickle(m))), job=CONTENT, marker=True
     ),
-    "yaml": Raw(_body(b"- []\n- {request: {prompt: x}}\n- {}\n", "application/x-yaml"), REFUSED),
-    "json-body-not-json": Raw(_body(b'[[], {"request": {"prompt": '), r"Can't decode message body"),
+    "yaml": Raw(
+        _body(b"- []\n- {request: {prompt: x}}\n- {}\n", "application/x-yaml"), job=CONTENT
+    ),
+    "application-data-celery-trusts": Raw(_body(b"raw bytes", "application/data"), job=CONTENT),
+    "application-text": Raw(_body(b"raw text", "application/text"), job=CONTENT),
+    "compressed-body": Raw(_set("headers", "compression", "application/x-gzip"), job="compress"),
+    "json-body-not-json": Raw(_body(b'[[], {"request": {"prompt": '), job="UTF-8 JSON"),
+    "json-body-kombu-type-tag": Raw(
+        _body(b'[[], {"request": {"__type__": "decimal", "__value__": "x"}}, {}]'), job="plain JSON"
+    ),
+    "json-body-utf16": Raw(_body('[[], {"request": {}}, {}]'.encode("utf-16")), job="UTF-8 JSON"),
+    "json-body-utf8-bom": Raw(_body(b'\xef\xbb\xbf[[], {"request": {}}, {}]'), job="UTF-8 JSON"),
     # entries that are no kombu envelope at all
-    "entry-not-json": Raw(_raw("this is not a kombu envelope {"), NOT_JSON),
-    "entry-not-utf8": Raw(_raw(b"\xff\xfe\x00\x81"), NOT_JSON),
-    "entry-nested-100k-deep": Raw(_raw(DEEP), NOT_JSON),
-    "entry-a-json-list": Raw(_raw("[1, 2, 3]"), DROPPED),
-    "entry-a-json-string": Raw(_raw('"imagegen.generate"'), DROPPED),
-    "entry-an-empty-object": Raw(_raw("{}"), DROPPED),
-    # envelopes kombu cannot unpack
-    "properties-not-an-object": Raw(_set("", "properties", [1]), DROPPED),
-    "delivery-tag-missing": Raw(_drop("properties", "delivery_tag"), DROPPED),
-    "delivery-tag-null": Raw(_set("properties", "delivery_tag", None), DROPPED),
-    "body-missing": Raw(_drop("", "body"), DROPPED),
-    "body-not-base64": Raw(_set("", "body", "!!!not*base64"), DROPPED),
-    "body-encoding-unknown": Raw(_set("properties", "body_encoding", "rot13"), DROPPED),
-    "content-type-null": Raw(_set("", "content-type", None), DROPPED),
-    "headers-not-an-object": Raw(_set("", "headers", "imagegen.generate"), DROPPED),
-    # envelopes Celery cannot route or run
-    "envelope-without-headers": Raw(_drop("", "headers"), r"unknown message"),
-    "unknown-task-name": Raw(
-        _set("headers", "task", "imagegen.nope"), r"unregistered task of type 'imagegen\.nope'"
+    "entry-not-json": Raw(_raw("this is not a kombu envelope {"), dropped="not a message envelope"),
+    "entry-not-utf8": Raw(_raw(b"\xff\xfe\x00\x81"), dropped="not a message envelope"),
+    "entry-nested-100k-deep": Raw(_raw(DEEP), dropped="nests too deeply"),
+    "entry-a-json-list": Raw(_raw("[1, 2, 3]"), dropped="JSON list"),
+    "entry-a-json-string": Raw(_raw('"imagegen.generate"'), dropped="JSON str"),
+    "entry-an-empty-object": Raw(_raw("{}"), dropped="protocol 1 message"),
+    # envelopes kombu could not unpack
+    "properties-not-an-object": Raw(_set("", "properties", [1]), dropped="properties"),
+    "headers-not-an-object": Raw(_set("", "headers", "imagegen.generate"), dropped="headers"),
+    "envelope-without-headers": Raw(_drop("", "headers"), dropped="protocol 1 message"),
+    "body-missing": Raw(_drop("", "body"), job="body is not a string"),
+    "body-not-base64": Raw(_set("", "body", "!!!not*base64"), job="base64"),
+    "body-encoding-unknown": Raw(_set("properties", "body_encoding", "rot13"), job="encoding"),
+    "content-type-null": Raw(_set("", "content-type", None), job=CONTENT),
+    # the envelope is rebuilt from a whitelist: a missing or odd delivery tag is replaced
+    "delivery-tag-missing": Raw(_drop("properties", "delivery_tag")),
+    "delivery-tag-null": Raw(_set("properties", "delivery_tag", None)),
+    "delivery-tag-an-object": Raw(_set("properties", "delivery_tag", {"a": 1})),
+    "delivery-tag-of-unacked-hash-key": Raw(_set("properties", "delivery_tag", "unacked")),
+    "timelimit-not-a-pair": Raw(_set("headers", "timelimit", "soon")),
+    "timelimit-a-tiny-pair": Raw(_set("headers", "timelimit", [0.001, 0.001])),
+    "origin-an-object": Raw(_set("headers", "origin", {"a": [1]})),
+    "retries-a-string": Raw(_set("headers", "retries", "many")),
+    "group-an-object": Raw(_set("headers", "group", {"g": 1})),
+    "stamped-headers-garbage": Raw(_set("headers", "stamped_headers", "x")),
+    "shadow-another-name": Raw(_set("headers", "shadow", "imagegen.poll")),
+    "reply-to-a-queue": Raw(_set("properties", "reply_to", "imagegen.upstream")),
+    "delivery-info-routing-elsewhere": Raw(
+        _set("properties", "delivery_info", {"exchange": "", "routing_key": "imagegen.upstream"})
     ),
-    "task-name-a-list": Raw(_set("headers", "task", [GENERATE_TASK]), DROPPED),
-    "task-id-missing": Raw(_drop("headers", "id"), DROPPED),
-    "task-id-null": Raw(_set("headers", "id", None), DROPPED),
-    "task-id-an-object": Raw(_set("headers", "id", {"job": 1}), DROPPED),
-    "task-id-65-chars": Raw(
-        _set("headers", "id", "j" * 65), r"dropped imagegen\.generate message: task id longer"
+    # protocol 1 (everything in the body)
+    "protocol-1-request": Raw(_protocol1()),
+    "protocol-1-timelimit-soon": Raw(_protocol1(timelimit="soon")),
+    "protocol-1-id-an-object": Raw(_protocol1(id={"job": 1}), dropped="no usable task id"),
+    "protocol-1-eta": Raw(_protocol1(eta="2999-01-01T00:00:00"), job="message.eta"),
+    "protocol-1-internal-task": Raw(_protocol1(task="imagegen.poll"), dropped="not accepted"),
+    # tasks that are not requests, and ids that cannot name a job
+    "unknown-task-name": Raw(_set("headers", "task", "imagegen.nope"), dropped="not accepted"),
+    "bench-task-by-name": Raw(_set("headers", "task", "imagegen.noop"), dropped="not accepted"),
+    "internal-submit-on-requests": Raw(
+        _set("headers", "task", "imagegen.submit"), dropped="not accepted"
     ),
-    "task-id-with-NUL": Raw(
-        _set("headers", "id", "job\x00id"), r"dropped imagegen\.generate message: task id 'job"
+    "task-name-a-list": Raw(_set("headers", "task", [GENERATE_TASK]), dropped="not accepted"),
+    "task-id-missing": Raw(_drop("headers", "id"), dropped="no usable task id"),
+    "task-id-null": Raw(_set("headers", "id", None), dropped="no usable task id"),
+    "task-id-an-object": Raw(_set("headers", "id", {"job": 1}), dropped="no usable task id"),
+    "task-id-65-chars": Raw(_set("headers", "id", "j" * 65), dropped="no usable task id"),
+    "task-id-with-NUL": Raw(_set("headers", "id", "job\x00id"), dropped="no usable task id"),
+    # delays and links a request may not carry
+    "eta-far-future": Raw(_set("headers", "eta", "2999-01-01T00:00:00+00:00"), job="message.eta"),
+    "eta-garbage": Raw(_set("headers", "eta", "soon"), job="message.eta"),
+    "expires-past": Raw(_set("headers", "expires", "2000-01-01T00:00:00+00:00"), job="expires"),
+    "chain-to-bench-task": Raw(_body_with({"chain": [NOOP_LINK]}), job="message.chain"),
+    "callbacks-to-bench-task": Raw(_body_with({"callbacks": [NOOP_LINK]}), job="callbacks"),
+    "errbacks-to-bench-task": Raw(_body_with({"errbacks": [NOOP_LINK]}), job="errbacks"),
+    "chord-to-bench-task": Raw(_body_with({"chord": NOOP_LINK}), job="message.chord"),
+    "body-embed-chain-a-string": Raw(_body(b'[[], {"request": {}}, {"chain": "x"}]'), job="chain"),
+    # bodies that are not [args, kwargs, embed]
+    "body-an-object": Raw(_body(b'{"request": {}}'), job="body is not [args, kwargs, embed]"),
+    "body-two-items": Raw(_body(b'[[], {"request": {}}]'), job="body is not [args"),
+    "body-kwargs-a-list": Raw(_body(b'[[], [{"request": {}}], {}]'), job="kwargs is not"),
+    "body-nested-100k-deep": Raw(
+        _body(b'[[], {"request": ' + DEEP + b"}, {}]"), job="nests too deeply"
     ),
-    "timelimit-not-a-pair": Raw(_set("headers", "timelimit", "soon"), DROPPED),
-    "body-an-object": Raw(_body(b'{"request": {}}'), DROPPED),
-    "body-two-items": Raw(_body(b'[[], {"request": {}}]'), DROPPED),
-    "body-kwargs-a-list": Raw(_body(b'[[], [{"request": {}}], {}]'), DROPPED),
-    "body-embed-chain-a-string": Raw(_body(b'[[], {"request": {}}, {"chain": "x"}]'), DROPPED),
-    "body-nested-100k-deep": Raw(_body(b'[[], {"request": ' + DEEP + b"}, {}]"), DROPPED),
 }
+
+
+def _dropped(live: Stack) -> list[Any]:
+    return live.sql("SELECT queue, task, message_id, reason FROM dropped_messages")
 
 
 def test_raw_entry_built_from_the_template_runs(live: Stack, envelope: dict[str, Any]) -> None:
@@ -437,7 +540,7 @@ def test_raw_entry_built_from_the_template_runs(live: Stack, envelope: dict[str,
 
 
 @pytest.mark.parametrize("case", list(RAW.values()), ids=list(RAW))
-def test_unusable_entry_is_logged_and_dropped(
+def test_raw_entry_is_refused_dropped_or_run_never_lost(
     live: Stack, envelope: dict[str, Any], case: Raw, tmp_path: Path
 ) -> None:
     marker = tmp_path / "unpickled"
@@ -448,20 +551,33 @@ def test_unusable_entry_is_logged_and_dropped(
         kwargs["request"].close()
         assert twin.exists()
     offset = _log_size(live)
+    job_id = str(uuid.uuid4())
 
-    live.redis().lpush(REQUESTS_QUEUE, case.build(envelope, str(uuid.uuid4()), marker))
-    pattern = re.compile(case.log)
-    live.wait_for(
-        lambda: _drained(live) and pattern.search(_log_since(live, offset)) is not None,
-        timeout=20,
-        what=f"the entry consumed and a log line matching {case.log!r}",
-    )
-
+    live.redis().lpush(REQUESTS_QUEUE, case.build(envelope, job_id, marker))
+    if case.dropped is not None:
+        pattern = re.compile(case.dropped)
+        live.wait_for(
+            lambda: _drained(live) and any(pattern.search(r.reason) for r in _dropped(live)),
+            timeout=20,
+            what=f"the entry consumed and a dropped_messages row matching {case.dropped!r}",
+        )
+        assert re.search(r"dropped a message from imagegen\.requests", _log_since(live, offset))
+        assert live.sql("SELECT count(*) FROM jobs")[0][0] == 0
+        _no_submit(live)
+    else:
+        job = live.wait_ended([job_id], timeout=30)[job_id]
+        if case.job is not None:
+            assert job.status is JobStatus.FAILED, job
+            assert job.error_code is ErrorCode.INVALID_REQUEST, job
+            assert case.job in (job.error_message or ""), job.error_message
+            _no_submit(live)
+        else:
+            assert job.status is JobStatus.SUCCEEDED, job
+        assert _dropped(live) == []
+    live.wait_for(lambda: _drained(live), timeout=20, what="nothing left unacked")
     assert live.workers[0].alive(), live.workers[0].log_tail()
     assert "Unrecoverable error" not in _log_since(live, offset)
-    assert live.sql("SELECT count(*) FROM jobs")[0][0] == 0
     assert not marker.exists(), "the worker unpickled a message body"
-    _no_submit(live)
     # the worker still answers, and still consumes requests
     assert live.pings("w1@")
     live.sim_configure(pending_seconds=0.0, processing_seconds=0.05)

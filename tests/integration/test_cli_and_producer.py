@@ -73,21 +73,31 @@ def test_status_of_unknown_job_fails_clearly(live: Stack) -> None:
 def test_cancel_a_queued_job_and_a_running_one(live: Stack) -> None:
     live.sim_configure(processing_seconds=60)
     ids = [live.send(request()) for _ in range(4)]  # the limit is 3: one stays queued
-    running = [live.wait_status(i, {"pending", "processing"}) for i in ids[:3]]
-    queued = live.wait_status(ids[3], {"queued"})
-    assert queued.status is JobStatus.QUEUED
-    cancelled = _imagegen(live, "cancel", ids[3])
+    # Which three are admitted depends on which worker thread runs first: read it, never
+    # assume it from the order they were sent.
+    states: dict[str, str] = {}
+
+    def settled() -> bool:
+        views = live.views(ids)
+        states.update({i: v.status.value for i, v in views.items() if v is not None})
+        running = [i for i in ids if states.get(i) in ("pending", "processing")]
+        return len(running) == 3 and sum(states.get(i) == "queued" for i in ids) == 1
+
+    live.wait_for(settled, timeout=30, what="three jobs upstream and one queued")
+    queued = next(i for i in ids if states[i] == "queued")
+    running = next(i for i in ids if states[i] in ("pending", "processing"))
+    cancelled = _imagegen(live, "cancel", queued)
     assert cancelled.returncode == 0, cancelled.stderr
     # stop polling a submitted job: its slot is given back
-    assert _imagegen(live, "cancel", running[0].id).returncode == 0
-    again = _imagegen(live, "cancel", ids[3])
+    assert _imagegen(live, "cancel", running).returncode == 0
+    again = _imagegen(live, "cancel", queued)
     assert again.returncode == 1
     assert "cancelled; nothing to cancel" in again.stderr
     views = live.views(ids)
-    assert views[ids[3]] is not None
-    assert views[ids[3]].error_code is ErrorCode.CANCELLED  # type: ignore[union-attr]
-    assert views[ids[3]].upstream_task_id is None  # type: ignore[union-attr]
-    assert views[running[0].id].status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert views[queued] is not None
+    assert views[queued].error_code is ErrorCode.CANCELLED  # type: ignore[union-attr]
+    assert views[queued].upstream_task_id is None  # type: ignore[union-attr]
+    assert views[running].status is JobStatus.CANCELLED  # type: ignore[union-attr]
     assert len(live.sim_tasks()) == 3
 
 

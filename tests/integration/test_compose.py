@@ -30,6 +30,15 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 SERVICES = {"redis", "postgres", "migrate", "simulator", "worker", "beat", "flower"}
 APP_SERVICES = SERVICES - {"redis", "postgres"}
 FLOWER_AUTH = "tester:not-a-real-password"
+PRODUCER_PASSWORD = "producer-Pw.not_real~0123"
+WORKER_PASSWORD = "worker-Pw.not_real~4567"
+#: What `docker compose up` requires (the `${VAR:?...}` of the file); nothing else is set.
+REQUIRED_ENV = {
+    "IMAGEGEN_FLOWER_BASIC_AUTH": FLOWER_AUTH,
+    "IMAGEGEN_REDIS_PRODUCER_PASSWORD": PRODUCER_PASSWORD,
+    "IMAGEGEN_REDIS_WORKER_PASSWORD": WORKER_PASSWORD,
+}
+REDIS_DEPLOY = ROOT / "deploy" / "redis"
 # Variables a developer's shell may hold that would change what the file resolves to.
 _CLEARED_PREFIXES = ("IMAGEGEN_", "MODELLIX_", "SIM_", "COMPOSE_", "POSTGRES_")
 
@@ -95,8 +104,8 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Compose:
 
 @pytest.fixture(scope="module")
 def config(compose: Compose) -> dict[str, Any]:
-    """The resolved file, as `docker compose up` would see it with only the auth variable set."""
-    return compose.config(IMAGEGEN_FLOWER_BASIC_AUTH=FLOWER_AUTH)
+    """The resolved file, as `docker compose up` would see it with only the required variables."""
+    return compose.config(**REQUIRED_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +149,7 @@ def test_redis_and_postgres_are_healthchecked_and_persistent(
     config: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
     redis, postgres = services["redis"], services["postgres"]
-    assert "redis-cli ping" in _healthcheck(redis)
+    assert re.search(r"redis-cli .*\bping\b", _healthcheck(redis))
     assert "pg_isready" in _healthcheck(postgres)
     assert "--appendonly yes" in " ".join(_command(redis))
     assert postgres["image"].startswith("postgres:16")
@@ -245,9 +254,90 @@ def test_flower_requires_basic_auth(compose: Compose, services: dict[str, dict[s
     assert any(str(p).split("/")[0].endswith(":5555") for p in flower.get("ports", []))
     assert _command(flower)[:3] == ["flower", "--address", "0.0.0.0"]
 
-    missing = compose.run("config", "--quiet")
-    assert missing.returncode != 0, "config passed without IMAGEGEN_FLOWER_BASIC_AUTH"
-    assert "IMAGEGEN_FLOWER_BASIC_AUTH" in missing.stderr + missing.stdout
+
+@pytest.mark.parametrize("variable", sorted(REQUIRED_ENV))
+def test_config_fails_without_a_required_variable(compose: Compose, variable: str) -> None:
+    env = {k: v for k, v in REQUIRED_ENV.items() if k != variable}
+    for value in ({}, {variable: ""}):  # unset, or set to nothing
+        missing = compose.run("config", "--quiet", **env, **value)
+        assert missing.returncode != 0, f"config passed without {variable}"
+        assert variable in missing.stderr + missing.stdout
+
+
+# --- Redis ACL users (deploy/redis; tests/integration/test_broker_acl.py runs them) -----------
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Container path -> (source, mode) of a service's volumes."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *mode = str(volume).split(":")
+        found[target] = (source, mode[0] if mode else "rw")
+    return found
+
+
+def test_redis_starts_with_the_acl_users_and_the_default_user_off(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    redis = services["redis"]
+    # The entrypoint is deploy/redis/entrypoint.sh, mounted read-only with the ACL template.
+    entrypoint = redis.get("entrypoint")
+    assert isinstance(entrypoint, list), entrypoint
+    script = PurePosixPath(entrypoint[-1])
+    source, mode = _mounts(redis).get(str(script.parent), ("", ""))
+    assert Path(source).resolve() == REDIS_DEPLOY, _mounts(redis)
+    assert mode == "ro"
+    assert (REDIS_DEPLOY / script.name).is_file()
+    assert (REDIS_DEPLOY / "users.acl").is_file()
+    # ...it renders the aclfile named by the command, outside the template's folder.
+    command = _command(redis)
+    assert command[0] == "redis-server", command
+    aclfile = PurePosixPath(command[command.index("--aclfile") + 1])
+    assert aclfile.parent != script.parent, "the template folder is read-only"
+    assert "--appendonly" in command
+    # The passwords reach the container; the template turns the default user off.
+    env = _environment(redis)
+    assert env["IMAGEGEN_REDIS_PRODUCER_PASSWORD"] == PRODUCER_PASSWORD
+    assert env["IMAGEGEN_REDIS_WORKER_PASSWORD"] == WORKER_PASSWORD
+    users = [line.split() for line in (REDIS_DEPLOY / "users.acl").read_text().splitlines()]
+    defaults = [words for words in users if words[:2] == ["user", "default"]]
+    assert defaults and "off" in defaults[0] and "on" not in defaults[0], defaults
+
+
+def test_redis_healthcheck_logs_in_without_the_password_in_argv(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    check = _healthcheck(services["redis"])
+    assert "--user imagegen-worker" in check
+    assert "REDISCLI_AUTH=" in check, "the password goes to redis-cli through its environment"
+    assert WORKER_PASSWORD not in check and PRODUCER_PASSWORD not in check
+    assert "grep -q PONG" in check, "redis-cli exits 0 on NOAUTH: check the answer"
+
+
+def test_app_services_log_in_as_the_workers_user(services: dict[str, dict[str, Any]]) -> None:
+    for name in sorted(APP_SERVICES - {"simulator"}):
+        env = _environment(services[name])
+        for key in ("IMAGEGEN_BROKER_URL", "IMAGEGEN_REDIS_URL"):
+            if key not in env:
+                continue
+            url = urlsplit(env[key])
+            assert (url.username, url.password) == ("imagegen-worker", WORKER_PASSWORD), (
+                f"{name}: {key}"
+            )
+            assert (url.hostname, url.port) == ("redis", 6379), f"{name}: {key}"
+    # Only Redis knows the producer password: producers live outside this project.
+    holders = [name for name, s in services.items() if PRODUCER_PASSWORD in json.dumps(s)]
+    assert holders == ["redis"], holders
+
+
+def test_redis_passwords_are_not_hard_coded(compose: Compose) -> None:
+    raw = compose.config("--no-interpolate")["services"]
+    for name, service in raw.items():
+        for key, value in _environment(service).items():
+            if "IMAGEGEN_REDIS_" in key and key.endswith("_PASSWORD"):
+                assert re.fullmatch(rf"\$\{{{key}:\?[^}}]*\}}", value), f"{name}: {key}={value}"
+            if key in {"IMAGEGEN_BROKER_URL", "IMAGEGEN_REDIS_URL"}:
+                assert "${IMAGEGEN_REDIS_WORKER_PASSWORD:?" in value, f"{name}: {key}={value}"
 
 
 def test_modellix_api_key_is_not_hard_coded(compose: Compose) -> None:
@@ -260,14 +350,14 @@ def test_modellix_api_key_is_not_hard_coded(compose: Compose) -> None:
             f"{name}: MODELLIX_API_KEY must come from the environment, not {value!r}"
         )
 
-    default = compose.config(IMAGEGEN_FLOWER_BASIC_AUTH=FLOWER_AUTH)["services"]
+    default = compose.config(**REQUIRED_ENV)["services"]
     for name in holders:
         fallback = _environment(default[name])["MODELLIX_API_KEY"]
         # A real key is long and random; the simulator placeholder is plain words.
         assert re.fullmatch(r"[a-z]{1,12}(-[a-z]{1,12}){0,3}", fallback), fallback
 
     real = "mx-0123456789abcdef0123456789abcdef"
-    passed = compose.config(IMAGEGEN_FLOWER_BASIC_AUTH=FLOWER_AUTH, MODELLIX_API_KEY=real)
+    passed = compose.config(**REQUIRED_ENV, MODELLIX_API_KEY=real)
     for name in holders:
         assert _environment(passed["services"][name])["MODELLIX_API_KEY"] == real
 

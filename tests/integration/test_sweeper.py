@@ -7,10 +7,9 @@ from tests.harness import Stack, request
 
 
 def _sweep(live: Stack) -> None:
-    from api_schema import MAINTENANCE_QUEUE, SWEEP_TASK
-    from api_schema.producer import producer_app
+    from api_schema import SWEEP_TASK
 
-    producer_app(live.broker_url).send_task(SWEEP_TASK, queue=MAINTENANCE_QUEUE)
+    live.send_signed(SWEEP_TASK)
 
 
 def _strand(live: Stack, job_id: str, status: str, *, started: bool, task: str | None) -> None:

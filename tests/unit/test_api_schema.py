@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,7 @@ from api_schema import (
     GenerationRequest,
     JobStatus,
     describe_validation_error,
+    request_fingerprint,
 )
 from api_schema import jsonschema as api_jsonschema
 from api_schema import models as api_models
@@ -32,6 +35,9 @@ from api_schema import producer as api_producer
 
 MAX_IMAGE_BYTES = api_models.MAX_IMAGE_BYTES
 MAX_METADATA_BYTES = api_models.MAX_METADATA_BYTES
+MAX_METADATA_DEPTH = api_models.MAX_METADATA_DEPTH
+MAX_REQUEST_BYTES = api_models.MAX_REQUEST_BYTES
+MAX_URL_CHARS = api_models.MAX_URL_CHARS
 IDEMPOTENCY_NAMESPACE = api_producer.IDEMPOTENCY_NAMESPACE
 enqueue = api_producer.enqueue
 job_id_for = api_producer.job_id_for
@@ -91,6 +97,19 @@ def error_text(data: Any) -> str:
     return describe_validation_error(info.value)
 
 
+def nested_metadata(depth: int) -> dict[str, Any]:
+    """Metadata nesting exactly ``depth`` objects and arrays, itself included; built without
+    recursion, so any depth."""
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return {"a": value}
+
+
+def image_error(url: str) -> str:
+    return error_text(valid(subject_reference_images=[url]))
+
+
 # --------------------------------------------------------------------------------------
 # invalid requests: each message names the offending field
 # --------------------------------------------------------------------------------------
@@ -140,11 +159,6 @@ INVALID: list[Any] = [
         valid(subject_reference_images=["https://images.example.test/a b.png"]),
         "subject_reference_images.0",
         id="image-https-space",
-    ),
-    pytest.param(
-        valid(subject_reference_images=["HTTPS://images.example.test/x.png"]),
-        "subject_reference_images.0",
-        id="image-scheme-uppercase",
     ),
     pytest.param(
         valid(subject_reference_images=[data_url("gif", b"GIF89a\x01\x00\x01\x00")]),
@@ -242,6 +256,86 @@ INVALID: list[Any] = [
         "subject_reference_images",
         id="image-url-nul",
     ),
+    # prompts with nothing visible
+    pytest.param(valid(prompt="   "), "prompt", id="prompt-spaces"),
+    pytest.param(valid(prompt="\t\n\r\u3000\u00a0"), "prompt", id="prompt-whitespace"),
+    pytest.param(valid(prompt="\u200b\u200c\u200d\u2060\ufeff"), "prompt", id="prompt-zero-width"),
+    pytest.param(valid(prompt=" \u200b \ufeff "), "prompt", id="prompt-zero-width-and-spaces"),
+    # metadata nested too deep, or not JSON
+    pytest.param(
+        valid(metadata=nested_metadata(MAX_METADATA_DEPTH + 1)), "metadata", id="metadata-9-deep"
+    ),
+    pytest.param(valid(metadata=nested_metadata(256)), "metadata", id="metadata-256-deep"),
+    pytest.param(valid(metadata=nested_metadata(100_000)), "metadata", id="metadata-100k-deep"),
+    pytest.param(valid(metadata={"a": {1: "x"}}), "metadata", id="metadata-nested-int-key"),
+    # reference URLs: user info, non-public IP literals, bad hosts and ports, bad characters
+    pytest.param(
+        valid(subject_reference_images=["https://user:pass@images.example.test/x.png"]),
+        "subject_reference_images.0",
+        id="image-userinfo",
+    ),
+    pytest.param(
+        valid(subject_reference_images=[HTTPS_IMAGE, "https://127.0.0.1/x.png"]),
+        "subject_reference_images.1",
+        id="image-loopback",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://10.1.2.3/x.png"]),
+        "subject_reference_images.0",
+        id="image-private-10",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://169.254.169.254/latest/meta-data/"]),
+        "subject_reference_images.0",
+        id="image-link-local-metadata-service",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://[::1]/x.png"]),
+        "subject_reference_images.0",
+        id="image-ipv6-loopback",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://[::ffff:127.0.0.1]/x.png"]),
+        "subject_reference_images.0",
+        id="image-ipv4-mapped-loopback",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://0.0.0.0/x.png"]),
+        "subject_reference_images.0",
+        id="image-unspecified",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://images.example.test/a\x01.png"]),
+        "subject_reference_images.0",
+        id="image-control-char",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://images.example.test/a.png\n"]),
+        "subject_reference_images.0",
+        id="image-trailing-newline",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://a.example/" + "x" * (MAX_URL_CHARS - 17)]),
+        "subject_reference_images.0",
+        id="image-url-2049-chars",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://images..example.test/x.png"]),
+        "subject_reference_images.0",
+        id="image-empty-host-label",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://localhost/x.png"]),
+        "subject_reference_images.0",
+        id="image-localhost",
+    ),
+    pytest.param(
+        valid(subject_reference_images=["https://images.example.test:70000/x.png"]),
+        "subject_reference_images.0",
+        id="image-port-out-of-range",
+    ),
+    # width with a null height is no pair
+    pytest.param(valid(width=1024, height=None), "width", id="width-with-null-height"),
     # shape
     pytest.param(valid(steps=30), "steps", id="unknown-field"),
     pytest.param(valid(model="other"), "model", id="unknown-field-model"),
@@ -275,6 +369,155 @@ def test_invalid_messages_are_readable() -> None:
     assert msg.startswith("aspect_ratio: ")
     assert all(a.value in msg for a in AspectRatio)
     assert "Value error" not in error_text(valid(subject_reference_images=["ftp://x/y"]))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param(
+            valid(prompt="\u200b \ufeff"),
+            "prompt: must contain visible text, not only whitespace or zero-width characters",
+            id="prompt-invisible",
+        ),
+        pytest.param(
+            valid(metadata=nested_metadata(MAX_METADATA_DEPTH + 1)),
+            f"metadata: must nest at most {MAX_METADATA_DEPTH} levels of objects and arrays",
+            id="metadata-too-deep",
+        ),
+        pytest.param(
+            valid(metadata={"a": [{2: 1}]}),
+            "metadata: must be a JSON object: every key, however deep, must be a string",
+            id="metadata-int-key",
+        ),
+    ],
+)
+def test_new_refusals_are_readable(data: dict[str, Any], message: str) -> None:
+    assert error_text(data) == message
+
+
+PUBLIC_ADDRESS = (
+    "URL host must be a public address, not a private, loopback, link-local, unspecified, "
+    "multicast or reserved one"
+)
+BAD_HOST = (
+    "URL host must be a DNS name like images.example.com (letters, digits and hyphens, at "
+    "least one dot, internationalised names as xn-- punycode) or a public IP address"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://user:pass@images.example.test/x.png", "user name or password"),
+        ("https://user@images.example.test/x.png", "user name or password"),
+        ("https://127.0.0.1/x.png", PUBLIC_ADDRESS),
+        ("https://127.0.0.1:8443/x.png", PUBLIC_ADDRESS),
+        ("https://10.0.0.1/x.png", PUBLIC_ADDRESS),
+        ("https://10.255.255.255/x.png", PUBLIC_ADDRESS),
+        ("https://172.16.5.4/x.png", PUBLIC_ADDRESS),
+        ("https://192.168.0.1/x.png", PUBLIC_ADDRESS),
+        ("https://169.254.169.254/latest/meta-data/", PUBLIC_ADDRESS),
+        ("https://100.64.0.1/x.png", PUBLIC_ADDRESS),
+        ("https://0.0.0.0/x.png", PUBLIC_ADDRESS),
+        ("https://224.0.0.251/x.png", PUBLIC_ADDRESS),
+        ("https://240.0.0.1/x.png", PUBLIC_ADDRESS),
+        ("https://255.255.255.255/x.png", PUBLIC_ADDRESS),
+        ("https://[::1]/x.png", PUBLIC_ADDRESS),
+        ("https://[::]/x.png", PUBLIC_ADDRESS),
+        ("https://[0:0:0:0:0:0:0:1]:443/x.png", PUBLIC_ADDRESS),
+        ("https://[::ffff:127.0.0.1]/x.png", PUBLIC_ADDRESS),
+        ("https://[::ffff:a00:1]/x.png", PUBLIC_ADDRESS),
+        ("https://[::ffff:8.8.8.8]/x.png", PUBLIC_ADDRESS),
+        ("https://[fe80::1]/x.png", PUBLIC_ADDRESS),
+        ("https://[fd00::1]/x.png", PUBLIC_ADDRESS),
+        ("https://[ff02::1]/x.png", PUBLIC_ADDRESS),
+        ("https://[64:ff9b::7f00:1]/x.png", PUBLIC_ADDRESS),
+        ("https://[2001:db8::1]/x.png", PUBLIC_ADDRESS),
+        ("https://[2002:7f00:1::1]/x.png", PUBLIC_ADDRESS),
+        ("https://[fe80::1%25eth0]/x.png", "not a valid IPv6 address"),
+        ("https://[::1/x.png", "not a valid IPv6 address"),
+        ("https://[12345::1]/x.png", "not a valid IPv6 address"),
+        ("https://images.example.test/a\x00.png", "NUL"),
+        ("https://images.example.test/a\x01.png", "control"),
+        ("https://images.example.test/a\x7f.png", "control"),
+        ("https://images.example.test/a\x9b.png", "control"),
+        ("https://images.example.test/a\tb.png", "whitespace"),
+        ("https://images.example.test/a b.png", "whitespace"),
+        ("https://images.example.test/a\u2003b.png", "whitespace"),
+        ("https://images.example.test/a\u200bb.png", "invisible"),
+        ("https://images.example.test\\@evil.example/x.png", "backslash"),
+        ("https://a.example/" + "x" * (MAX_URL_CHARS - 17), "at most 2048 characters"),
+        ("https://", "must name a host"),
+        ("https:///x.png", "must name a host"),
+        ("https://:443/x.png", "must name a host"),
+        ("https://images..example.test/x.png", BAD_HOST),
+        ("https://.example.test/x.png", BAD_HOST),
+        ("https://example.test./x.png", BAD_HOST),
+        ("https://-images.example.test/x.png", BAD_HOST),
+        ("https://images-.example.test/x.png", BAD_HOST),
+        ("https://im_ages.example.test/x.png", BAD_HOST),
+        ("https://" + "a" * 64 + ".example.test/x.png", BAD_HOST),
+        ("https://" + "a." * 126 + "test/x.png", BAD_HOST),
+        ("https://bücher.example/x.png", BAD_HOST),
+        ("https://intranet/x.png", BAD_HOST),
+        ("https://0x7f.0.0.1/x.png", BAD_HOST),
+        ("https://localhost/x.png", "must not be localhost"),
+        ("https://LocalHost./x.png", "must not be localhost"),
+        ("https://cdn.localhost/x.png", "must not be localhost"),
+        ("https://127.1/x.png", "not a valid IPv4 address"),
+        ("https://2130706433/x.png", "not a valid IPv4 address"),
+        ("https://010.0.0.1/x.png", "not a valid IPv4 address"),
+        ("https://1.2.3.256/x.png", "not a valid IPv4 address"),
+        ("https://images.example.test:0/x.png", "port must be a number from 1 to 65535"),
+        ("https://images.example.test:65536/x.png", "port must be a number from 1 to 65535"),
+        ("https://images.example.test:-1/x.png", "port must be a number from 1 to 65535"),
+        ("https://images.example.test:/x.png", "port must be a number from 1 to 65535"),
+        ("https://images.example.test:0443/x.png", "port must be a number from 1 to 65535"),
+        ("https://images.example.test:http/x.png", "port must be a number from 1 to 65535"),
+    ],
+)
+def test_https_reference_refusals(url: str, message: str) -> None:
+    text = image_error(url)
+    assert text.startswith("subject_reference_images.0: ")
+    assert message in text
+
+
+@pytest.mark.parametrize(
+    ("url", "normalized"),
+    [
+        ("HTTPS://images.example.test/X.png", "https://images.example.test/X.png"),
+        ("Https://Images.Example.TEST:8443/a?B=C#D", "https://Images.Example.TEST:8443/a?B=C#D"),
+        ("hTTpS://8.8.8.8/x.png", "https://8.8.8.8/x.png"),
+        ("https://1.1.1.1:443/x.png", "https://1.1.1.1:443/x.png"),
+        ("https://[2606:4700:4700::1111]/x.png", "https://[2606:4700:4700::1111]/x.png"),
+        ("https://[2001:4860:4860::8888]:8443/x.png", "https://[2001:4860:4860::8888]:8443/x.png"),
+        ("https://xn--bcher-kva.example/x.png", "https://xn--bcher-kva.example/x.png"),
+        ("https://images.example.test/caf\u00e9/\U0001f600.png", None),
+        ("https://images.example.test:65535", None),
+        ("https://images.example.test?x=1", None),
+        ("https://a.example/" + "x" * (MAX_URL_CHARS - 18), None),
+        (PNG_URL.replace("data:image/png;base64,", "DATA:IMAGE/PNG;BASE64,"), PNG_URL),
+        (JPEG_URL.replace("data:image/jpeg;base64,", "Data:Image/JPEG;Base64,"), JPEG_URL),
+        (PNG_URL.replace("data:image/png;base64,", "data:image/PNG;base64,"), PNG_URL),
+    ],
+)
+def test_reference_case_variants_and_public_ips_accepted(url: str, normalized: str | None) -> None:
+    request = GenerationRequest.model_validate(valid(subject_reference_images=[url]))
+    assert request.subject_reference_images == [normalized or url]
+    # normalizing is idempotent, and what is sent validates to the same request
+    again = GenerationRequest.model_validate(request.model_dump(mode="json"))
+    assert again == request
+
+
+def test_url_length_boundary() -> None:
+    at_limit = "https://a.example/" + "x" * (MAX_URL_CHARS - 18)
+    assert len(at_limit) == MAX_URL_CHARS
+    GenerationRequest.model_validate(valid(subject_reference_images=[at_limit]))
+    assert "2048" in image_error(at_limit + "x")
+
+
+def test_data_url_with_excess_padding_refused() -> None:
+    assert "base64" in image_error("data:image/jpeg;base64,/9j/=")
 
 
 def test_describe_limits_to_five_and_counts_the_rest() -> None:
@@ -318,6 +561,46 @@ def test_image_data_url_just_under_10_mb_accepted() -> None:
     url = big_png_data_url(MAX_IMAGE_BYTES - 1)
     request = GenerationRequest.model_validate(valid(subject_reference_images=[url]))
     assert request.subject_reference_images == [url]
+
+
+def test_metadata_depth_boundary() -> None:
+    deepest = nested_metadata(MAX_METADATA_DEPTH)
+    assert GenerationRequest.model_validate(valid(metadata=deepest)).metadata == deepest
+    objects: dict[str, Any] = {"k": "v"}
+    for _ in range(MAX_METADATA_DEPTH - 1):
+        objects = {"k": objects}
+    GenerationRequest.model_validate(valid(metadata=objects))
+    assert "levels" in error_text(valid(metadata={"k": objects}))
+    assert "levels" in error_text(valid(metadata=nested_metadata(MAX_METADATA_DEPTH + 1)))
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_metadata_nested_far_too_deep_is_a_clean_validation_error(depth: int) -> None:
+    limit = sys.getrecursionlimit()
+    with pytest.raises(ValidationError) as info:
+        GenerationRequest.model_validate(valid(metadata=nested_metadata(depth)))
+    assert describe_validation_error(info.value) == (
+        f"metadata: must nest at most {MAX_METADATA_DEPTH} levels of objects and arrays"
+    )
+    assert sys.getrecursionlimit() == limit
+
+
+def test_metadata_cycle_and_shared_blowup_refused_quickly() -> None:
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    assert "levels" in error_text(valid(metadata=cycle))
+    shared: Any = [1]
+    for _ in range(MAX_METADATA_DEPTH - 2):
+        shared = [shared] * 1000  # 10**18 values if walked naively
+    assert error_text(valid(metadata={"a": shared})) == (
+        f"metadata: must be at most {MAX_METADATA_BYTES} bytes as JSON"
+    )
+
+
+def test_metadata_from_json_nested_too_deep_is_a_validation_error() -> None:
+    text = json.dumps(valid())[:-1] + ', "metadata": {"a": ' + "[" * 5000 + "]" * 5000 + "}}"
+    with pytest.raises(ValidationError):
+        GenerationRequest.model_validate_json(text)
 
 
 def test_metadata_size_boundary() -> None:
@@ -389,6 +672,75 @@ def test_valid_full_request_and_defaults() -> None:
     assert full.aspect_ratio is AspectRatio.R21_9
     assert full.n == 9
     assert full.seed == 0
+
+
+@pytest.mark.parametrize(
+    "prompt", ["x", " x ", "\u200bx\u200b", "\U0001f600", "\u3000猫", "a\u200d\u2060\ufeff"]
+)
+def test_prompt_with_some_visible_text_accepted(prompt: str) -> None:
+    assert GenerationRequest.model_validate(valid(prompt=prompt)).prompt == prompt
+
+
+def _request_of_json_size(size: int) -> dict[str, Any]:
+    """A valid-looking request whose compact JSON is exactly ``size`` bytes: a data URL at
+    the 10 MB limit, a second one and the prompt padded to fit."""
+    biggest = big_png_data_url(MAX_IMAGE_BYTES - 1)
+    probe = GenerationRequest.model_validate(
+        valid(prompt="p", subject_reference_images=[biggest, big_png_data_url(9)])
+    )
+    quanta, rest = divmod(size - probe.json_size(), 4)
+    return valid(
+        prompt="p" * (1 + rest),
+        subject_reference_images=[biggest, big_png_data_url(9 + 3 * quanta)],
+    )
+
+
+def test_request_size_boundary() -> None:
+    at_limit = GenerationRequest.model_validate(_request_of_json_size(MAX_REQUEST_BYTES))
+    assert at_limit.json_size() == MAX_REQUEST_BYTES
+    assert len(at_limit.model_dump_json(exclude_none=True).encode()) == MAX_REQUEST_BYTES
+    message = error_text(_request_of_json_size(MAX_REQUEST_BYTES + 1))
+    assert message == (
+        f"request: must be at most {MAX_REQUEST_BYTES} bytes (16 MiB) as JSON: send large "
+        "reference images as https:// URLs, not data: URLs"
+    )
+
+
+def test_request_far_over_the_size_cap_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_decoding(*args: Any, **kwargs: Any) -> bytes:
+        raise AssertionError("decoded a data URL of a request already known to be too big")
+
+    monkeypatch.setattr(base64, "b64decode", no_decoding)
+    url = big_png_data_url(MAX_IMAGE_BYTES - 1)
+    message = error_text(valid(subject_reference_images=[url] * 2))
+    assert message.startswith(f"request: must be at most {MAX_REQUEST_BYTES} bytes")
+
+
+@pytest.mark.parametrize(
+    "request_data",
+    [
+        valid(),
+        valid(
+            prompt='"quoted" \\ back\tslash \u2028 猫 \U0001f600',
+            subject_reference_images=[
+                HTTPS_IMAGE,
+                PNG_URL,
+                'https://images.example.test/a"b/caf\u00e9',
+                "HTTPS://images.example.test/x",
+            ],
+            aspect_ratio="4:3",
+            seed=2**63 - 1,
+            idempotency_key="k-1",
+            metadata={"é": [1.5, None, True, {"x": "\u2028"}], "n": 10**30},
+            deadline_seconds=60,
+        ),
+    ],
+)
+def test_json_size_is_the_compact_json_length(request_data: dict[str, Any]) -> None:
+    request = GenerationRequest.model_validate(request_data)
+    assert request.json_size() == len(request.model_dump_json(exclude_none=True).encode())
 
 
 def test_valid_request_from_json() -> None:
@@ -647,12 +999,84 @@ class FakeApp:
 
 def test_job_id_for_is_stable_with_idempotency_key() -> None:
     a = GenerationRequest.model_validate(valid(idempotency_key="order-1"))
+    same = GenerationRequest.model_validate(
+        {
+            "subject_reference_images": [HTTPS_IMAGE.replace("https", "HTTPS")],
+            "n": 1,
+            "priority": 5,
+            "idempotency_key": "order-1",
+            "prompt": "a cat in a hat",
+            "seed": None,
+        }
+    )
     b = GenerationRequest.model_validate(valid(idempotency_key="order-1", prompt="other"))
     c = GenerationRequest.model_validate(valid(idempotency_key="order-2"))
-    assert job_id_for(a) == job_id_for(a) == job_id_for(b)
+    assert job_id_for(a) == job_id_for(a) == job_id_for(same)
+    # the same key for a different request: another id, an idempotency conflict for the worker
+    assert job_id_for(a) != job_id_for(b)
     assert job_id_for(a) != job_id_for(c)
-    assert job_id_for(a) == str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "order-1"))
+    expected = uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"order-1\n{request_fingerprint(a)}")
+    assert job_id_for(a) == str(expected)
     assert uuid.UUID(job_id_for(a)).version == 5
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"prompt": "a dog in a hat"},
+        {"subject_reference_images": [PNG_URL]},
+        {"n": 2},
+        {"seed": 1},
+        {"aspect_ratio": "1:1"},
+        {"metadata": {"order": 1}},
+        {"priority": 9},
+        {"deadline_seconds": 60},
+        {"prompt_optimizer": True},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_job_id_for_changes_with_any_field(change: dict[str, Any]) -> None:
+    base = GenerationRequest.model_validate(valid(idempotency_key="order-1"))
+    changed = GenerationRequest.model_validate(valid(idempotency_key="order-1", **change))
+    assert request_fingerprint(changed) != request_fingerprint(base)
+    assert job_id_for(changed) != job_id_for(base)
+
+
+def test_request_fingerprint_is_sha256_of_canonical_json() -> None:
+    request = GenerationRequest.model_validate(
+        valid(metadata={"b": 1, "a": ["猫", 1.0]}, idempotency_key="k", aspect_ratio="16:9")
+    )
+    canonical = json.dumps(
+        request.model_dump(mode="json", exclude_none=True),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    assert request_fingerprint(request) == hashlib.sha256(canonical.encode()).hexdigest()
+    assert len(request_fingerprint(request)) == 64
+    # what the worker sees (the request as sent, validated again) has the same fingerprint
+    sent = json.loads(json.dumps({"request": request.model_dump(mode="json", exclude_none=True)}))
+    assert request_fingerprint(GenerationRequest.model_validate(sent["request"])) == (
+        request_fingerprint(request)
+    )
+
+
+def test_request_fingerprint_ignores_spelling() -> None:
+    a = GenerationRequest.model_validate(
+        valid(subject_reference_images=[PNG_URL], metadata={"x": 1, "y": [1, 2]})
+    )
+    b = GenerationRequest.model_validate_json(
+        json.dumps(
+            {
+                "metadata": {"y": (1, 2), "x": 1},
+                "subject_reference_images": [PNG_URL.replace("data:image/png", "DATA:image/PNG")],
+                "prompt": "a cat in a hat",
+                "n": 1,
+                "width": None,
+            }
+        )
+    )
+    assert request_fingerprint(a) == request_fingerprint(b)
 
 
 def test_job_id_for_is_random_without_key() -> None:
@@ -669,9 +1093,18 @@ def test_job_id_for_is_random_without_key() -> None:
         pytest.param(valid(subject_reference_images=["http://x/y.png"]), id="http-image"),
         pytest.param(valid(steps=3), id="unknown-field"),
         pytest.param({}, id="empty"),
+        pytest.param(valid(prompt="\u200b \u200b"), id="invisible-prompt"),
+        pytest.param(valid(subject_reference_images=["https://127.0.0.1/x.png"]), id="loopback"),
+        pytest.param(valid(metadata=nested_metadata(100_000)), id="metadata-100k-deep"),
+        pytest.param("a cat", id="str"),
+        pytest.param(b"bytes", id="bytes"),
+        pytest.param(None, id="none"),
+        pytest.param(42, id="int"),
+        pytest.param(["prompt", "x"], id="list"),
+        pytest.param([("prompt", "x"), ("subject_reference_images", [HTTPS_IMAGE])], id="pairs"),
     ],
 )
-def test_enqueue_invalid_raises_and_sends_nothing(bad: dict[str, Any]) -> None:
+def test_enqueue_invalid_raises_and_sends_nothing(bad: Any) -> None:
     app = FakeApp()
     with pytest.raises(ValidationError):
         enqueue(bad, app=app)  # type: ignore[arg-type]
@@ -699,7 +1132,8 @@ def test_enqueue_valid_dict_sends_generate_task() -> None:
     )
     job_id = enqueue(data, app=app)  # type: ignore[arg-type]
 
-    assert job_id == str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "order-77"))
+    fingerprint = request_fingerprint(GenerationRequest.model_validate(data))
+    assert job_id == str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"order-77\n{fingerprint}"))
     assert len(app.calls) == 1
     args, kwargs = app.calls[0]
     assert args == (GENERATE_TASK,)
@@ -719,6 +1153,18 @@ def test_enqueue_valid_dict_sends_generate_task() -> None:
     assert sent["priority"] == 8
     assert sent["metadata"] == {"order": 77}
     assert None not in sent.values()
+
+    # the same call retried: the same job id; the same key for another request: another id
+    assert enqueue(data, app=app) == job_id  # type: ignore[arg-type]
+    assert enqueue({**data, "n": 2}, app=app) != job_id  # type: ignore[arg-type]
+
+
+def test_enqueue_sends_normalized_urls() -> None:
+    app = FakeApp()
+    data = valid(subject_reference_images=["HTTPS://images.example.test/X.png"])
+    enqueue(data, app=app)  # type: ignore[arg-type]
+    sent = app.calls[0][1]["kwargs"]["request"]
+    assert sent["subject_reference_images"] == ["https://images.example.test/X.png"]
 
 
 def test_enqueue_model_instance_random_and_explicit_job_id() -> None:

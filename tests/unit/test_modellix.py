@@ -6,6 +6,7 @@ no network, no sleeps.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -22,10 +24,13 @@ from pydantic import SecretStr
 from api_schema import ErrorCode
 from worker import modellix
 from worker.modellix import (
+    MAX_ERROR_TEXT,
+    InvalidAnswerError,
     ModellixClient,
     OutcomeUnknownError,
     PermanentError,
     RateLimit,
+    Redactor,
     Resource,
     RetryableError,
     Submitted,
@@ -96,6 +101,16 @@ def ok(data: Any, headers: dict[str, str] | None = None) -> Handler:
         return httpx.Response(
             200, json={"code": 0, "message": "success", "data": data}, headers=headers or {}
         )
+
+    return respond
+
+
+def ok_escaped(data: Any) -> Handler:
+    """Like ``ok``, with the body as ASCII JSON: lone surrogates travel as ``\\udXXX``."""
+    body = json.dumps({"code": 0, "message": "success", "data": data}).encode()
+
+    def respond(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"Content-Type": "application/json"})
 
     return respond
 
@@ -958,3 +973,387 @@ def test_close_closes_the_pool() -> None:
     client.close()
     with pytest.raises((RuntimeError, UpstreamError)):
         client.submit(PAYLOAD)
+
+
+# --------------------------------------------------------------------------------------
+# Redactor: every form of the key
+# --------------------------------------------------------------------------------------
+
+#: A key whose percent-encoding differs from the key itself.
+ODD_KEY = "mdlx/Odd+Key=42 ~x?&#"
+
+
+def b64_stable(blob: bytes, shift: int) -> str:
+    """The base64 characters of ``blob`` placed ``shift`` bytes into a longer blob that do not
+    depend on the neighbouring bytes (what tests/fault/test_secrets.py searches for)."""
+    encoded = base64.b64encode(b"\0" * shift + blob + b"\0\0").decode()
+    return encoded[-(-8 * shift // 6) : 8 * (shift + len(blob)) // 6]
+
+
+def key_runs(text: str, secret: str = KEY) -> list[str]:
+    """Every 8-character piece of the key (any case) still in ``text``."""
+    low = text.lower()
+    return [secret[i : i + 8] for i in range(len(secret) - 7) if secret[i : i + 8].lower() in low]
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param(KEY, id="plain"),
+        pytest.param(KEY.upper(), id="upper"),
+        pytest.param(KEY.lower(), id="lower"),
+        pytest.param(KEY.swapcase(), id="swapcase"),
+    ],
+)
+def test_redactor_masks_the_key_in_any_case(form: str) -> None:
+    assert Redactor(KEY)(f"key={form};") == "key=***;"
+
+
+def test_redactor_masks_8_character_pieces_but_not_7() -> None:
+    mask = Redactor(KEY)
+    for start in range(len(KEY) - 7):
+        assert mask(f"<{KEY[start : start + 8]}>") == "<***>"
+    for start in range(len(KEY) - 6):
+        piece = KEY[start : start + 7]
+        assert mask(f"<{piece}>") == f"<{piece}>"
+
+
+def test_redactor_masks_the_prefix_left_by_a_cut_and_merges_runs() -> None:
+    mask = Redactor(KEY)
+    assert mask(f"a {KEY[:12]}") == "a ***"
+    assert mask(f"{KEY}{KEY}") == "***"  # adjacent: one mask
+    assert mask(f"{KEY[:12]}{KEY[4:]}") == "***"  # overlapping
+    assert mask(f"{KEY} | {KEY}") == "*** | ***"
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("prefix", [b"", b"Bearer ", b":", b"ops:", b"Authorization: Bearer "])
+@pytest.mark.parametrize("alphabet", ["standard", "urlsafe"])
+def test_redactor_masks_base64_of_the_key_at_every_offset(
+    shift: int, prefix: bytes, alphabet: str
+) -> None:
+    blob = bytes(range(7, 7 + shift)) + prefix + KEY.encode() + b"\xfe tail"
+    encode = base64.b64encode if alphabet == "standard" else base64.urlsafe_b64encode
+    encoded = encode(blob).decode()
+    out = Redactor(KEY)(f"body={encoded}&x=1")
+    assert "***" in out
+    assert out.startswith("body=")
+    assert out.endswith("&x=1")
+    for offset in range(3):
+        stable = b64_stable(KEY.encode(), offset)
+        forms = {stable, stable.replace("+", "-").replace("/", "_")}
+        for form in forms:
+            assert not any(form[i : i + 8] in out for i in range(len(form) - 7)), (offset, out)
+
+
+def test_redactor_masks_base64_of_bearer_and_basic_auth_headers() -> None:
+    mask = Redactor(KEY)
+    bearer = base64.b64encode(f"Bearer {KEY}".encode()).decode()
+    basic = base64.b64encode(f":{KEY}".encode()).decode()
+    out = mask(f"h1={bearer} h2={basic}")
+    assert bearer not in out
+    assert basic not in out
+    assert out.count("***") == 2
+    # the encoded 'Bearer' alone carries nothing of the key and is left alone
+    assert mask("QmVhcmVy") == "QmVhcmVy"
+
+
+def test_redactor_masks_the_whole_standalone_base64_of_the_key() -> None:
+    encoded = base64.b64encode(KEY.encode()).decode()
+    assert Redactor(KEY)(f"[{encoded}]") == "[***=]"  # the padding carries nothing
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param(quote(ODD_KEY, safe=""), id="quote"),
+        pytest.param(quote(ODD_KEY, safe="").lower(), id="quote-lower"),
+        pytest.param("".join(f"%{b:02X}" for b in ODD_KEY.encode()), id="full-upper"),
+        pytest.param("".join(f"%{b:02x}" for b in ODD_KEY.encode()), id="full-lower"),
+        pytest.param(ODD_KEY, id="plain"),
+    ],
+)
+def test_redactor_masks_percent_encodings(form: str) -> None:
+    assert Redactor(ODD_KEY)(f"url?k={form}&n=1") == "url?k=***&n=1"
+
+
+def test_redactor_short_key_masks_exact_occurrences_only() -> None:
+    mask = Redactor("k3Y")
+    assert mask("a k3y b K3Y c k3") == "a *** b *** c k3"
+
+
+def test_redactor_empty_key_and_short_text() -> None:
+    assert Redactor("")("anything at all") == "anything at all"
+    assert Redactor(KEY)("") == ""
+    assert Redactor(KEY)("mdlx") == "mdlx"
+
+
+def test_redactor_leaves_unrelated_text_alone_and_hides_itself() -> None:
+    mask = Redactor(KEY)
+    text = "Authentication failed: invalid API key (mdlx-prod-xyz) at 2024-01-01T00:00:00Z"
+    assert mask(text) == text
+    assert KEY not in repr(mask)
+    assert KEY not in str(mask)
+
+
+def test_redactor_keeps_indices_with_length_changing_lowercase() -> None:
+    # 'İ'.lower() is two characters: the masked range must still line up
+    assert Redactor(KEY)(f"İİ {KEY} İ") == "İİ *** İ"
+
+
+def test_redactor_cut_masks_huge_texts_and_makes_them_storable() -> None:
+    mask = Redactor(KEY)
+    huge = "x" * 65_530 + KEY + "y" * 100
+    out = mask.cut(huge, 100_000)
+    assert key_runs(out) == []
+    assert KEY[:7] not in out
+    assert mask.cut("a\x00b\ud800c", 10) == "a\ufffdb\ufffdc"
+    assert mask.cut(f"{KEY} and more", 6) == "*** an"
+
+
+def test_module_level_redact_is_kept() -> None:
+    assert modellix.redact(f"Bearer {KEY.upper()}", KEY) == "Bearer ***"
+    assert modellix.redact("nothing", "") == "nothing"
+
+
+def test_error_envelope_with_encoded_key_is_masked() -> None:
+    encoded = base64.b64encode(f"Bearer {KEY}".encode()).decode()
+    client, _ = make_client(envelope_error(401, f"bad header {encoded} / {KEY.lower()}"))
+    with pytest.raises(PermanentError) as info:
+        client.submit(PAYLOAD)
+    assert_no_secret(info.value)
+    assert key_runs(str(info.value)) == []
+    assert encoded not in str(info.value)
+
+
+def test_transport_error_with_percent_encoded_key_is_masked() -> None:
+    encoded = "".join(f"%{b:02x}" for b in KEY.encode())
+    client, _ = make_client(raising(httpx.ConnectError, f"proxy: GET /?k={encoded}"))
+    with pytest.raises(RetryableError) as info:
+        client.get_task("task-1")
+    assert encoded not in str(info.value)
+    assert "?k=***" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------
+# get_task: upstream values checked and masked before they are stored
+# --------------------------------------------------------------------------------------
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize("field_name", ["error", "error_message", "message"])
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(KEY, id="plain"),
+        pytest.param(KEY.upper(), id="upper"),
+        pytest.param(b64(f"Bearer {KEY}"), id="b64-bearer"),
+        pytest.param(b64(f"x{KEY}"), id="b64-offset-1"),
+    ],
+)
+def test_failed_task_reason_carrying_the_key_is_masked(field_name: str, echo: str) -> None:
+    reason = f"upstream worker crashed; request had Authorization: {echo} (retry later)"
+    client, _ = make_client(ok({"status": "failed", "task_id": "task-9", field_name: reason}))
+    state = client.get_task("task-9")
+    assert state.status == "failed"
+    assert state.error is not None
+    assert "***" in state.error
+    assert echo not in state.error
+    assert key_runs(state.error) == []
+    assert state.error.startswith("upstream worker crashed; request had Authorization: ")
+    assert state.error.endswith(" (retry later)")
+
+
+def test_failed_task_reason_is_cut_and_storable() -> None:
+    reason = "bad\x00input \ud800 " + "z" * 5000 + KEY
+    client, _ = make_client(ok_escaped({"status": "failed", "task_id": "task-9", "error": reason}))
+    error = client.get_task("task-9").error
+    assert error is not None
+    assert len(error) == MAX_ERROR_TEXT
+    assert error.startswith("bad\ufffdinput \ufffd z")
+    assert "\x00" not in error
+
+
+def test_failed_task_reason_that_is_not_a_string_is_kept_as_json() -> None:
+    data = {"status": "failed", "task_id": "task-9", "error": {"code": 7, "why": KEY}}
+    client, _ = make_client(ok(data))
+    assert client.get_task("task-9").error == '{"code": 7, "why": "***"}'
+
+
+def success_with(**resource: Any) -> dict[str, Any]:
+    data = json.loads(json.dumps(SUCCESS_DATA))
+    data["result"]["resources"][1].update(resource)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("resource", "field_name", "detail"),
+    [
+        pytest.param({"format": "exe"}, "format", "'exe' is not an image format", id="exe"),
+        pytest.param({"format": "../png"}, "format", "is not an image format", id="path"),
+        pytest.param({"format": "png" * 10}, "format", "is not an image format", id="long"),
+        pytest.param({"format": ""}, "format", "'' is not an image format", id="empty"),
+        pytest.param({"format": "svg"}, "format", "is not an image format", id="svg"),
+        pytest.param({"url": "ftp://file.example.test/a.png"}, "url", "http(s)", id="ftp"),
+        pytest.param({"url": "javascript:alert(1)"}, "url", "http(s)", id="javascript"),
+        pytest.param({"url": "file:///etc/passwd"}, "url", "http(s)", id="file"),
+        pytest.param({"url": "data:image/png;base64,AAAA"}, "url", "http(s)", id="data"),
+        pytest.param({"url": "/relative/a.png"}, "url", "http(s)", id="relative"),
+        pytest.param({"url": "https:///a.png"}, "url", "http(s)", id="no-host"),
+        pytest.param({"url": "https://a.test/a b.png"}, "url", "whitespace", id="space"),
+        pytest.param({"url": "https://a.test/a\n.png"}, "url", "whitespace", id="newline"),
+        pytest.param({"url": "https://a.test/\x00.png"}, "url", "control", id="nul"),
+        pytest.param({"url": "https://a.test/\ud800.png"}, "url", "control", id="surrogate"),
+        pytest.param({"url": "https://[::1/a.png"}, "url", "not a valid URL", id="bad-host"),
+        pytest.param(
+            {"url": "https://a.test/" + "a" * 4096}, "url", "longer than 4096", id="too-long"
+        ),
+        pytest.param({"width": -1}, "width", "-1 is not in 0..100000", id="width-negative"),
+        pytest.param({"height": 100_001}, "height", "is not in 0..100000", id="height-huge"),
+        pytest.param({"width": 2**40}, "width", "is not in 0..100000", id="width-int64"),
+    ],
+)
+def test_success_with_unstorable_resource_is_an_invalid_answer(
+    resource: dict[str, Any], field_name: str, detail: str
+) -> None:
+    client, rec = make_client(ok_escaped(success_with(**resource)))
+    with pytest.raises(InvalidAnswerError) as info:
+        client.get_task("task-abc123")
+    exc = info.value
+    assert isinstance(exc, PermanentError)
+    assert exc.error_code is ErrorCode.UPSTREAM_INVALID_RESPONSE
+    assert exc.status == 200
+    assert exc.throttle is False
+    assert str(exc).startswith(f"upstream answer: result.resources.1.{field_name} ")
+    assert detail in str(exc)
+    assert len(str(exc)) < 300
+    assert len(rec.requests) == 1
+
+
+def test_invalid_answer_message_is_masked() -> None:
+    client, _ = make_client(ok(success_with(url=f"gopher://{KEY}.example.test/a.png")))
+    with pytest.raises(InvalidAnswerError) as info:
+        client.get_task("task-abc123")
+    assert_no_secret(info.value)
+    assert key_runs(str(info.value)) == []
+    assert "result.resources.1.url 'gopher://***" in str(info.value)
+
+
+def test_error_message_names_the_format_as_in_the_brief() -> None:
+    client, _ = make_client(ok(success_with(format="exe")))
+    with pytest.raises(InvalidAnswerError) as info:
+        client.get_task("task-abc123")
+    assert (
+        str(info.value) == "upstream answer: result.resources.1.format 'exe' is not an image format"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("PNG", "png"), ("Jpeg", "jpeg"), ("jpg", "jpg"), ("WEBP", "webp"), ("png", "png")],
+)
+def test_success_formats_are_normalized_to_lowercase(given: str, stored: str) -> None:
+    client, _ = make_client(ok(success_with(format=given)))
+    assert client.get_task("task-abc123").resources[1].format == stored
+
+
+def test_success_resource_url_carrying_the_key_is_masked() -> None:
+    url = f"https://file.modellix.ai/a.png?token={KEY}"
+    client, _ = make_client(ok(success_with(url=url)))
+    assert client.get_task("task-abc123").resources[1].url == (
+        "https://file.modellix.ai/a.png?token=***"
+    )
+
+
+def test_only_image_resources_of_a_success_are_checked() -> None:
+    data = json.loads(json.dumps(SUCCESS_DATA))
+    data["result"]["resources"].append(
+        {"url": "s3:/not a url", "type": "video", "format": "mp4", "width": -5}
+    )
+    client, _ = make_client(ok(data))
+    assert len(client.get_task("task-abc123").resources) == 2
+
+
+def test_resources_of_a_task_still_running_are_not_stored_or_checked() -> None:
+    data = json.loads(json.dumps(SUCCESS_DATA))
+    data["status"] = "processing"
+    data["result"]["resources"][0]["format"] = "exe"
+    client, _ = make_client(ok(data))
+    state = client.get_task("task-abc123")
+    assert state.status == "processing"
+    assert state.resources == []
+
+
+def test_success_with_too_many_images_is_an_invalid_answer() -> None:
+    data = json.loads(json.dumps(SUCCESS_DATA))
+    data["result"]["resources"] = [SUCCESS_DATA["result"]["resources"][0]] * 65
+    client, _ = make_client(ok(data))
+    with pytest.raises(InvalidAnswerError, match="more than 64 images"):
+        client.get_task("task-abc123")
+
+
+@pytest.mark.parametrize(
+    ("answered", "status"),
+    [("task-other", "success"), ("task-other", "pending"), ("../../x", "failed")],
+)
+def test_answer_about_another_task_is_an_invalid_answer(answered: str, status: str) -> None:
+    data = json.loads(json.dumps(SUCCESS_DATA))
+    data.update(task_id=answered, status=status)
+    client, _ = make_client(ok(data))
+    with pytest.raises(InvalidAnswerError) as info:
+        client.get_task("task-abc123")
+    assert info.value.error_code is ErrorCode.UPSTREAM_INVALID_RESPONSE
+    assert str(info.value).startswith(f"upstream answer: task_id {answered!r} ")
+
+
+@pytest.mark.parametrize(
+    ("request_id", "expected"),
+    [
+        pytest.param("req-123456", "req-123456", id="plain"),
+        pytest.param("r" * 128, "r" * 128, id="128-chars"),
+        pytest.param("r" * 129, None, id="129-chars"),
+        pytest.param("r" * 100_000, None, id="huge"),
+        pytest.param("req-é", None, id="non-ascii"),
+        pytest.param("req\n1", None, id="control"),
+        pytest.param("req\x00", None, id="nul"),
+        pytest.param("", None, id="empty"),
+        pytest.param(f"req-{KEY}", "req-***", id="key"),
+        pytest.param(["req-1"], None, id="list"),
+    ],
+)
+def test_request_id_is_kept_only_when_storable(request_id: Any, expected: str | None) -> None:
+    data = json.loads(json.dumps(SUCCESS_DATA))
+    data["result"]["metadata"]["request_id"] = request_id
+    client, _ = make_client(ok(data))
+    assert client.get_task("task-abc123").request_id == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "duration", "amount", "expires"),
+    [
+        pytest.param({"duration": 2**31}, None, Decimal("0.0350"), True, id="duration-int32"),
+        pytest.param({"duration": -1}, None, Decimal("0.0350"), True, id="duration-negative"),
+        pytest.param({"duration": "3s"}, None, Decimal("0.0350"), True, id="duration-text"),
+        pytest.param({"duration": 12.0}, 12, Decimal("0.0350"), True, id="duration-float"),
+        pytest.param({"result_expires_at": 10**20}, 3500, Decimal("0.0350"), False, id="exp-big"),
+        pytest.param({"result_expires_at": "soon"}, 3500, Decimal("0.0350"), False, id="exp-str"),
+        pytest.param({"billing": {"amount": "1e9"}}, 3500, None, True, id="amount-huge"),
+        pytest.param({"billing": {"amount": "NaN"}}, 3500, None, True, id="amount-nan"),
+        pytest.param({"billing": {"amount": 0.5}}, 3500, Decimal("0.5"), True, id="amount-float"),
+        pytest.param({"billing": {"amount": True}}, 3500, None, True, id="amount-bool"),
+    ],
+)
+def test_informational_values_that_cannot_be_stored_are_dropped(
+    fields: dict[str, Any], duration: int | None, amount: Decimal | None, expires: bool
+) -> None:
+    data = json.loads(json.dumps(SUCCESS_DATA))
+    data.update(fields)
+    client, _ = make_client(ok(data))
+    state = client.get_task("task-abc123")
+    assert state.duration_ms == duration
+    assert state.billing_amount == amount
+    assert (state.result_expires_at is not None) is expires
+    assert len(state.resources) == 2

@@ -6,12 +6,18 @@ Depends on pydantic only; ``api_schema.producer`` needs the ``producer`` extra (
 from .enums import TERMINAL_STATUSES, ErrorCode, JobStatus
 from .models import (
     ASPECT_RATIO_SIZES,
+    MAX_IMAGE_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_REQUEST_BYTES,
+    MAX_URL_CHARS,
     AspectRatio,
     GenerateKwargs,
     GenerationRequest,
     ImageView,
     JobView,
     describe_validation_error,
+    request_fingerprint,
     storable_problem,
     unstorable_at,
 )
@@ -31,6 +37,11 @@ __all__ = [
     "ASPECT_RATIO_SIZES",
     "GENERATE_TASK",
     "MAINTENANCE_QUEUE",
+    "MAX_IMAGE_BYTES",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "MAX_REQUEST_BYTES",
+    "MAX_URL_CHARS",
     "POLL_TASK",
     "REQUESTS_QUEUE",
     "SUBMIT_TASK",
@@ -45,6 +56,7 @@ __all__ = [
     "JobStatus",
     "JobView",
     "describe_validation_error",
+    "request_fingerprint",
     "storable_problem",
     "unstorable_at",
 ]

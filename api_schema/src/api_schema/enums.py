@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     UPSTREAM_PAYMENT = "upstream_payment"
     UPSTREAM_FAILED = "upstream_failed"
     UPSTREAM_NOT_FOUND = "upstream_not_found"
+    UPSTREAM_INVALID_RESPONSE = "upstream_invalid_response"
     SUBMIT_OUTCOME_UNKNOWN = "submit_outcome_unknown"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELLED = "cancelled"

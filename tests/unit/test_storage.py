@@ -1,0 +1,147 @@
+"""Unit tests of the result-image copier (``worker/storage.py``): paths never come from raw
+input. Downloads go through an ``httpx.MockTransport``: no network."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from worker.storage import MAX_IMAGE_BYTES, StorageError, image_path, job_dir, store_image
+
+URL = "https://file.modellix.test/aigc/image/abc.png"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
+
+
+def downloads(content: bytes = PNG, status: int = 200) -> tuple[httpx.Client, list[str]]:
+    seen: list[str] = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(status, content=content)
+
+    return httpx.Client(transport=httpx.MockTransport(respond)), seen
+
+
+def inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+HOSTILE_IDS = [
+    "..",
+    "../x",
+    "../../etc/passwd",
+    "/abs",
+    "/abs/../..",
+    ".",
+    "",
+    "coll_X",
+    "coll/X",
+    "coll\\X",
+    "coll%2FX",
+    "COLL_X",
+    "~",
+    "a" * 64,
+    "ジョブ-é-🙂-\u202e-\u200b",
+    "lone-\ud800-surrogate",
+    "line\nbreak\ttab",
+]
+
+
+def test_hostile_job_ids_land_in_distinct_folders_inside_root(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    http, _ = downloads()
+    paths = [store_image(http, root, job_id, 0, URL, "png") for job_id in HOSTILE_IDS]
+    assert len({p.parent for p in paths}) == len(HOSTILE_IDS)
+    for path in paths:
+        assert inside(path, root)
+        assert path.read_bytes() == PNG
+        assert path.name == "0.png"
+        # <root>/<2 hex>/<62 hex>/<file>
+        fanout, rest = path.parent.parent.name, path.parent.name
+        assert path.parent.parent.parent == root
+        assert len(fanout) == 2
+        assert len(rest) == 62
+        assert all(c in "0123456789abcdef" for c in fanout + rest)
+    # nothing was written next to the root
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_job_dir_is_the_sha256_of_the_id(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"coll/X").hexdigest()
+    assert job_dir(tmp_path, "coll/X") == tmp_path / digest[:2] / digest[2:]
+    assert job_dir(tmp_path, "coll/X") != job_dir(tmp_path, "coll_X")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("png", "3.png"), ("PNG", "3.png"), ("jpeg", "3.jpeg"), ("jpg", "3.jpg"), ("WebP", "3.webp")],
+)
+def test_file_name_is_the_index_and_an_allowed_format(tmp_path: Path, fmt: str, name: str) -> None:
+    assert image_path(tmp_path, "job-1", 3, fmt).name == name
+
+
+@pytest.mark.parametrize(
+    "fmt", ["exe", "png/../../x", "../png", "", "png\x00", "p.ng", "svg", "png " * 5]
+)
+def test_format_outside_the_allow_list_is_refused_before_any_download(
+    tmp_path: Path, fmt: str
+) -> None:
+    http, seen = downloads()
+    with pytest.raises(StorageError, match="not an image format"):
+        store_image(http, tmp_path, "job-1", 0, URL, fmt)
+    assert seen == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("index", [-1, 10_000, True])
+def test_index_out_of_range_is_refused(tmp_path: Path, index: int) -> None:
+    http, seen = downloads()
+    with pytest.raises(StorageError, match="not an image index"):
+        store_image(http, tmp_path, "job-1", index, URL, "png")
+    assert seen == []
+
+
+def test_symlinked_fanout_leading_out_of_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / job_dir(root, "job-1").parent.name).symlink_to(outside)
+    http, seen = downloads()
+    with pytest.raises(StorageError, match="leaves the storage directory"):
+        store_image(http, root, "job-1", 0, URL, "png")
+    assert seen == []
+    assert list(outside.iterdir()) == []
+
+
+def test_copy_is_idempotent(tmp_path: Path) -> None:
+    http, seen = downloads()
+    first = store_image(http, tmp_path, "job-1", 1, URL, "webp")
+    again = store_image(http, tmp_path, "job-1", 1, URL, "webp")
+    assert first == again
+    assert seen == [URL]
+    assert sorted(p.name for p in first.parent.iterdir()) == ["1.webp"]
+
+
+def test_http_error_status_is_a_storage_error_and_leaves_no_file(tmp_path: Path) -> None:
+    http, _ = downloads(status=404)
+    with pytest.raises(StorageError, match="HTTP 404"):
+        store_image(http, tmp_path, "job-1", 0, URL, "png")
+    assert list(job_dir(tmp_path, "job-1").iterdir()) == []
+
+
+def test_oversized_image_is_refused_and_leaves_no_part_file(tmp_path: Path) -> None:
+    http, _ = downloads(content=bytes(MAX_IMAGE_BYTES + 1))
+    with pytest.raises(StorageError, match="larger than"):
+        store_image(http, tmp_path, "job-1", 0, URL, "png")
+    assert list(job_dir(tmp_path, "job-1").iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["ftp://x.test/a.png", "https://[::1/a.png"])
+def test_unusable_url_is_a_storage_error(tmp_path: Path, url: str) -> None:
+    http, _ = downloads()
+    with pytest.raises(StorageError):
+        store_image(http, tmp_path, "job-1", 0, url, "png")

@@ -33,7 +33,6 @@ COPY alembic alembic
 COPY api_schema api_schema
 COPY worker worker
 COPY simulator simulator
-COPY bench bench
 RUN uv sync --frozen --no-dev --no-editable
 
 # --- runtime: the venv and an unprivileged user, nothing else ------------------------------

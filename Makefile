@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help install services tools lint typecheck test test-unit test-integration demo bench compose-config clean
+.PHONY: help install services tools node-deps lint typecheck test test-unit test-integration demo bench compose-config clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -29,24 +29,29 @@ tools: ## system tools the tests use (docker-compose, only to validate the compo
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
 
+node-deps: ## npm packages of the Node.js tests (a webhook verifier, a plain Redis consumer)
+	@command -v npm >/dev/null || { echo "npm is needed for the Node.js tests" >&2; exit 1; }
+	@[ tests/node/node_modules/.package-lock.json -nt tests/node/package-lock.json ] || \
+	  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
 lint: install ## ruff check + format check
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 
 typecheck: install ## mypy --strict
-	$(RUN) mypy worker api_schema/src simulator bench
+	$(RUN) mypy worker api_schema/src simulator devtools
 
-test: install services tools lint typecheck ## lint, types, unit, integration and fault tests
+test: install services tools node-deps lint typecheck ## lint, types, unit, integration and fault tests
 	$(RUN) pytest
 
 test-unit: install ## only the tests that need no services
 	$(RUN) pytest tests/unit
 
 demo: install services ## run the pipeline end to end (simulator unless MODELLIX_API_KEY is set)
-	$(RUN) imagegen demo
+	$(RUN) python -m devtools demo
 
-bench: install services ## every benchmark (see `imagegen bench --help`)
-	$(RUN) imagegen bench all
+bench: install services ## every benchmark (see `python -m devtools bench --help`)
+	$(RUN) python -m devtools bench all
 
 compose-config: tools ## validate docker-compose.yml offline
 	IMAGEGEN_FLOWER_BASIC_AUTH=$${IMAGEGEN_FLOWER_BASIC_AUTH:-check:check} \

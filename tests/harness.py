@@ -1,4 +1,4 @@
-"""The integration harness: the local stack of ``bench.stack`` plus test conveniences."""
+"""The integration harness: the local stack of ``devtools.bench.stack`` plus test conveniences."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 from redis import Redis
 
 from api_schema import JobView
-from bench.stack import PG_ADMIN_URL, LocalStack, drop_database
+from devtools.bench.stack import PG_ADMIN_URL, LocalStack, drop_database
 from simulator.config import Faults
 
 __all__ = ["API_KEY", "PG_ADMIN_URL", "Stack", "create_stack", "drop_database", "request"]
@@ -141,7 +141,9 @@ class Stack(LocalStack):
 
     def clean(self) -> None:
         """Forget every job and every queued message: a clean slate for the next test."""
-        self.sql("TRUNCATE jobs, job_events, job_images, job_aliases, dropped_messages")
+        self.sql(
+            "TRUNCATE jobs, job_events, job_images, job_aliases, job_deliveries, dropped_messages"
+        )
         self.redis().flushdb()
         self.sim_reset()
 

@@ -60,6 +60,7 @@ INTERNAL_TASKS: Final[Mapping[str, str]] = {
     names.SUBMIT_TASK: names.UPSTREAM_QUEUE,
     names.POLL_TASK: names.UPSTREAM_QUEUE,
     names.SWEEP_TASK: names.MAINTENANCE_QUEUE,
+    names.DELIVER_TASK: names.DELIVERIES_QUEUE,
 }
 INTERNAL_QUEUES: Final = frozenset(INTERNAL_TASKS.values())
 #: Every task whose messages the workers sign: the internal ones, and the retries of a
@@ -662,12 +663,21 @@ def record_verdict(verdict: Refuse | Drop, queue: str, size: int) -> None:
     """Store a refusal (a failed job) or a drop (a ``dropped_messages`` row), and log it."""
     from . import jobs
     from .db import autocommit
+    from .delivery import outbox, targets
 
     if isinstance(verdict, Refuse):
+        outbox.start_buffer()
         with autocommit() as connection:
             jobs.record_invalid(
-                connection, verdict.job_id, verdict.reason, request_hash=verdict.fingerprint
+                connection,
+                verdict.job_id,
+                verdict.reason,
+                request_hash=verdict.fingerprint,
+                deliver_to=targets.for_raw(None, get_settings().delivery_policy),
             )
+        from .tasks import publish_deliveries
+
+        publish_deliveries()
         log.warning(
             "refused %s message %a as invalid_request: %s",
             names.GENERATE_TASK,

@@ -17,9 +17,15 @@ from .config import get_settings
 # One INFO line per upstream request is noise at production rates (and costs CPU).
 logging.getLogger("httpx").setLevel(logging.WARNING)
 #: The order a worker takes messages in when several of its queues have some: submits and
-#: polls of admitted (paid, running) jobs, then the sweeper, then new requests. A burst of
-#: new requests therefore never delays the polls of jobs already upstream.
-CONSUME_ORDER: Final = (names.UPSTREAM_QUEUE, names.MAINTENANCE_QUEUE, names.REQUESTS_QUEUE)
+#: polls of admitted (paid, running) jobs, then the sweeper, then deliveries of ended jobs,
+#: then new requests. A burst of new requests therefore never delays the polls of jobs
+#: already upstream, nor the results of jobs that ended.
+CONSUME_ORDER: Final = (
+    names.UPSTREAM_QUEUE,
+    names.MAINTENANCE_QUEUE,
+    names.DELIVERIES_QUEUE,
+    names.REQUESTS_QUEUE,
+)
 
 
 def make_app() -> Celery:

@@ -1,4 +1,7 @@
-"""The ``imagegen`` command: run the services, submit and inspect jobs, run the demo."""
+"""The ``imagegen`` command: run the services, submit and inspect jobs.
+
+The demo and the benchmarks are development tools: ``python -m devtools`` (not shipped).
+"""
 
 from __future__ import annotations
 
@@ -25,13 +28,6 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-bench_app = typer.Typer(
-    help="Benchmarks: each starts its own simulator, database and workers, prints a table "
-    "and writes JSON.",
-    no_args_is_help=True,
-)
-app.add_typer(bench_app, name="bench")
-BenchOutput = Annotated[Path, typer.Option(help="Folder for the JSON results.")]
 out = Console()
 err = Console(stderr=True)
 
@@ -304,8 +300,10 @@ def cancel(job_id: str) -> None:
     """Cancel a queued job, or stop polling one already submitted (the upstream has no cancel)."""
     from . import jobs
     from .db import session_scope
+    from .delivery import outbox
 
     _settings()
+    outbox.start_buffer()
     with session_scope() as session:
         done, now = jobs.cancel(session, job_id)
     if now is None:
@@ -316,10 +314,70 @@ def cancel(job_id: str) -> None:
         raise typer.Exit(1)
     # Its slot is free now: a sweep admits the next queued job without waiting for beat
     # (sent through the workers' app: internal messages are signed).
-    from .tasks import sweep
+    from .tasks import publish_deliveries, sweep
 
+    publish_deliveries()  # committed: the producer hears of the cancel
     sweep.apply_async()
     out.print(f"job {job_id} cancelled")
+
+
+deliveries_app = typer.Typer(
+    help="Where ended jobs are delivered (Celery replies, webhooks).", no_args_is_help=True
+)
+app.add_typer(deliveries_app, name="deliveries")
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    state: Annotated[
+        str | None, typer.Option(help="pending, delivered or dead (default: all).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Deliveries of ended jobs, newest first."""
+    from api_schema import DeliveryState
+
+    from .db import session_scope
+    from .delivery import outbox
+
+    _settings()
+    try:
+        wanted = DeliveryState(state) if state else None
+    except ValueError:
+        err.print(f"--state must be one of {', '.join(s.value for s in DeliveryState)}")
+        raise typer.Exit(2) from None
+    with session_scope() as session:
+        rows = outbox.listing(session.connection(), state=wanted, limit=limit)
+    if as_json:
+        for job_id, view in rows:
+            sys.stdout.write(json.dumps({"job_id": job_id, **view.model_dump(mode="json")}) + "\n")
+        return
+    table = Table("id", "job", "channel", "state", "attempts", "last error")
+    for job_id, view in rows:
+        table.add_row(
+            view.id, job_id, view.channel, view.state.value, str(view.attempts),
+            view.last_error or "",
+        )  # fmt: skip
+    out.print(table)
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(delivery_id: str) -> None:
+    """Try a delivery again now (a dead one too): its attempts go on from where they were."""
+    from .db import autocommit
+    from .delivery import outbox
+
+    _settings()
+    with autocommit() as connection:
+        attempts = outbox.retry_now(connection, delivery_id)
+    if attempts is None:
+        err.print(f"no delivery {delivery_id}")
+        raise typer.Exit(1)
+    from .tasks import deliver
+
+    deliver.apply_async((delivery_id, attempts))
+    out.print(f"delivery {delivery_id} queued (attempt {attempts + 1})")
 
 
 @app.command()
@@ -355,75 +413,6 @@ def dropped(
             r.reason,
         )
     out.print(table)
-
-
-@app.command()
-def demo(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 180.0,
-    output: Annotated[Path, typer.Option(help="Where images are written.")] = Path("demo-output"),
-) -> None:
-    """Run the whole pipeline once: simulator (unless MODELLIX_API_KEY is set), worker, Flower."""
-    from .demo import run_demo
-
-    raise typer.Exit(run_demo(timeout=timeout, output=output, console=out))
-
-
-@bench_app.command("throughput")
-def bench_throughput(
-    jobs: Annotated[int, typer.Option(help="Jobs (and no-op tasks) to run.")] = 2000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    threads: Annotated[int, typer.Option(help="Threads per worker.")] = 16,
-    output: BenchOutput = Path("bench-results"),
-) -> None:
-    """Jobs/s end to end against a zero-latency unlimited upstream, vs a no-op Celery task."""
-    from bench.scenarios import throughput
-
-    throughput(out, output, jobs=jobs, workers=workers, threads=threads)
-
-
-@bench_app.command("inflight")
-def bench_inflight(
-    jobs: Annotated[int, typer.Option(help="Jobs submitted at once.")] = 5000,
-    duration: Annotated[float, typer.Option(help="Upstream seconds per task.")] = 30.0,
-    naive_jobs: Annotated[int, typer.Option(help="Jobs for the naive design.")] = 64,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    threads: Annotated[int, typer.Option(help="Threads per worker.")] = 16,
-    split_queues: Annotated[
-        bool, typer.Option(help="Separate workers for new requests and for submits/polls.")
-    ] = False,
-    output: BenchOutput = Path("bench-results"),
-) -> None:
-    """Upstream tasks kept in flight, detection lag, polls and memory; vs GET+sleep loops."""
-    from bench.scenarios import inflight
-
-    inflight(
-        out, output, jobs=jobs, duration=duration, naive_jobs=naive_jobs, workers=workers,
-        threads=threads, split_queues=split_queues,
-    )  # fmt: skip
-
-
-@bench_app.command("utilization")
-def bench_utilization(
-    jobs: Annotated[int, typer.Option(help="Backlog size.")] = 60,
-    limit: Annotated[int, typer.Option(help="Upstream concurrency limit.")] = 3,
-    duration: Annotated[float, typer.Option(help="Upstream seconds per task.")] = 2.0,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 3,
-    output: BenchOutput = Path("bench-results"),
-) -> None:
-    """How busy a backlog keeps the paid upstream slots (makespan vs ideal, idle, 429s)."""
-    from bench.scenarios import utilization
-
-    utilization(out, output, jobs=jobs, limit=limit, duration=duration, workers=workers)
-
-
-@bench_app.command("all")
-def bench_all(output: BenchOutput = Path("bench-results")) -> None:
-    """Every scenario with its defaults."""
-    from bench.scenarios import inflight, throughput, utilization
-
-    throughput(out, output)
-    utilization(out, output)
-    inflight(out, output)
 
 
 def main() -> None:

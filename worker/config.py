@@ -9,6 +9,8 @@ from typing import Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .delivery.targets import DeliveryPolicy
+
 #: The model's submit path as Modellix documents it (the official CLI drops ``/async``).
 SUBMIT_PATH = "/api/v1/minimax/minimax-image-01-live-i2i/async"
 TASK_PATH = "/api/v1/tasks/{task_id}"
@@ -76,6 +78,26 @@ class Settings(BaseSettings):
         ge=1,
         description="Retries of a task whose database or Redis is away (backoff up to 30 s).",
     )
+    webhook_secrets: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated whsec_... secrets that sign webhooks; two during a "
+        "rotation (every attempt is signed with each). Unset: requests with a webhook are "
+        "refused.",
+    )
+    webhook_allow_hosts: str = Field(
+        default="",
+        description="Comma-separated hosts exempt from the https-only and public-address "
+        "rules of webhook URLs (a local receiver).",
+    )
+    webhook_default_url: str | None = Field(
+        default=None, description="A webhook every job's end goes to, besides its own."
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0, le=60)
+    delivery_schedule: str | None = Field(
+        default=None,
+        description="Comma-separated seconds between delivery attempts (±20% jitter); the "
+        "default spans more than 24 hours.",
+    )
     flower_basic_auth: SecretStr | None = None
     flower_port: int = 5555
 
@@ -91,6 +113,30 @@ class Settings(BaseSettings):
                 "poll/retry intervals must stay below a quarter of visibility_timeout_seconds"
             )
         return self
+
+    @property
+    def delivery_policy(self) -> DeliveryPolicy:
+        """The rules webhook URLs are checked against."""
+        return DeliveryPolicy(
+            default_webhook=self.webhook_default_url or None,
+            allow_hosts=frozenset(h.strip() for h in self.webhook_allow_hosts.split(",") if h),
+            signing=bool(self.webhook_secret_list),
+        )
+
+    @property
+    def webhook_secret_list(self) -> tuple[str, ...]:
+        """The webhook signing secrets, newest first."""
+        raw = self.webhook_secrets.get_secret_value() if self.webhook_secrets else ""
+        return tuple(s.strip() for s in raw.split(",") if s.strip())
+
+    @property
+    def delivery_steps(self) -> tuple[float, ...]:
+        """Seconds between delivery attempts."""
+        from .delivery.webhooks import DEFAULT_SCHEDULE
+
+        if not self.delivery_schedule:
+            return tuple(DEFAULT_SCHEDULE)
+        return tuple(float(x) for x in self.delivery_schedule.split(",") if x.strip())
 
     @property
     def limiter_redis_url(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -49,24 +49,15 @@ from api_schema import (
     request_fingerprint,
 )
 
+from .delivery import outbox, targets
+from .delivery.targets import DeliveryPolicy
 from .models import DroppedMessage, Job, JobAlias
+from .states import HOLDING_SLOT, LIVE, POLLED, TERMINAL, TRANSITIONS
+
+__all__ = ["HOLDING_SLOT", "LIVE", "POLLED", "TERMINAL", "TRANSITIONS"]
 
 S = JobStatus
-#: Legal transitions, as data. Anything else is refused.
-TRANSITIONS: Final[Mapping[JobStatus, frozenset[JobStatus]]] = {
-    S.QUEUED: frozenset({S.SUBMITTING, S.FAILED, S.CANCELLED}),
-    # back to QUEUED only when the upstream definitely did not accept the POST (e.g. a 429)
-    S.SUBMITTING: frozenset({S.PENDING, S.QUEUED, S.FAILED, S.CANCELLED}),
-    S.PENDING: frozenset({S.PROCESSING, S.SUCCEEDED, S.FAILED, S.CANCELLED}),
-    S.PROCESSING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED}),
-    S.SUCCEEDED: frozenset(),
-    S.FAILED: frozenset(),
-    S.CANCELLED: frozenset(),
-}
-LIVE: Final = (S.QUEUED, S.SUBMITTING, S.PENDING, S.PROCESSING)
-#: Jobs that hold one of the team's upstream concurrency slots.
-HOLDING_SLOT: Final = (S.SUBMITTING, S.PENDING, S.PROCESSING)
-POLLED: Final = (S.PENDING, S.PROCESSING)
+NO_POLICY: Final = DeliveryPolicy()
 MAX_ERROR_MESSAGE: Final = 2000
 
 
@@ -91,8 +82,9 @@ def _later(name: str) -> ColumnElement[datetime]:
 # is already an idempotency alias never becomes a job of its own (it would shadow the alias).
 _INSERT_JOB: Final = text(
     "WITH job AS (INSERT INTO jobs (id, status, priority, request, idempotency_key, metadata, "
-    "request_hash, deadline_at, next_check_at) SELECT CAST(:p_id AS varchar), 'queued', "
-    ":p_priority, :p_request, :p_key, :p_metadata, :p_hash, now() + :p_deadline, now() "
+    "request_hash, deliver_to, deadline_at, next_check_at) SELECT CAST(:p_id AS varchar), "
+    "'queued', :p_priority, :p_request, :p_key, :p_metadata, :p_hash, :p_deliver, "
+    "now() + :p_deadline, now() "
     "WHERE NOT EXISTS (SELECT 1 FROM job_aliases WHERE alias_id = CAST(:p_id AS varchar)) "
     "ON CONFLICT DO NOTHING RETURNING id) "
     "INSERT INTO job_events (job_id, from_status, to_status, worker) "
@@ -100,17 +92,22 @@ _INSERT_JOB: Final = text(
 ).bindparams(
     bindparam("p_request", type_=JSONB),
     bindparam("p_metadata", type_=JSONB),
+    bindparam("p_deliver", type_=JSONB),
     bindparam("p_deadline", type_=Interval()),
 )
 # A request that cannot run, recorded failed with its event, in one statement.
+# It ends at once, so its outbox rows are written by the same statement.
 _INSERT_INVALID: Final = text(
-    "WITH job AS (INSERT INTO jobs (id, status, deadline_at, finished_at, error_code, "
-    "error_message, request_hash) SELECT CAST(:p_id AS varchar), 'failed', now(), now(), "
-    ":p_code, :p_message, :p_hash WHERE NOT EXISTS (SELECT 1 FROM job_aliases WHERE alias_id = "
-    "CAST(:p_id AS varchar)) ON CONFLICT DO NOTHING RETURNING id) "
-    "INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
-    "SELECT id, NULL, 'failed', :p_detail, :p_worker FROM job RETURNING job_id"
-)
+    "WITH job AS (INSERT INTO jobs (id, status, deadline_at, finished_at, error_code, "  # noqa: S608
+    "error_message, request_hash, deliver_to) SELECT CAST(:p_id AS varchar), 'failed', now(), "
+    "now(), :p_code, :p_message, :p_hash, :p_deliver WHERE NOT EXISTS (SELECT 1 FROM "
+    "job_aliases WHERE alias_id = CAST(:p_id AS varchar)) ON CONFLICT DO NOTHING "
+    "RETURNING id AS job_id, deliver_to), "
+    "logged AS (INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
+    "SELECT job_id, NULL, 'failed', :p_detail, :p_worker FROM job), "
+    + outbox.INSERT_ROWS.format(source="job")
+    + " SELECT job_id, ARRAY(SELECT id FROM outbox) FROM job"
+).bindparams(bindparam("p_deliver", type_=JSONB))
 _BEGIN_SUBMIT: Final = (
     update(J)
     .where(
@@ -200,9 +197,11 @@ def _transition_sql(
     to: str, sources: tuple[str, ...], assignments: tuple[str, ...], images: bool, unsent: bool
 ) -> TextClause:
     # One statement: lock the row, move it if it is in one of ``sources``, log the event
-    # (and store the images). Being one statement it is atomic without a transaction, so
-    # the workers run it in autocommit: no BEGIN and COMMIT round trips.
+    # (and store the images); when the job ends, write its outbox rows too: a job never
+    # ends without them. Being one statement it is atomic without a transaction, so the
+    # workers run it in autocommit: no BEGIN and COMMIT round trips.
     # Only status names and checked column names are spliced in; every value is bound.
+    ends = JobStatus(to) in TERMINAL
     allowed = ", ".join(f"'{s}'" for s in sources)
     if unsent:  # a job whose POST has started is left alone
         allowed += ") AND (jobs.status <> 'submitting' OR jobs.submit_started_at IS NULL"
@@ -210,11 +209,14 @@ def _transition_sql(
     statement = text(
         "WITH old AS (SELECT id, status FROM jobs WHERE id = :job_id FOR UPDATE), "  # noqa: S608
         f"moved AS (UPDATE jobs SET {sets} FROM old "
-        f"WHERE jobs.id = old.id AND jobs.status IN ({allowed}) RETURNING old.status AS old), "
+        f"WHERE jobs.id = old.id AND jobs.status IN ({allowed}) "
+        "RETURNING old.status AS old, jobs.id AS job_id, jobs.deliver_to), "
         "logged AS (INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
         f"SELECT :job_id, moved.old, '{to}', :detail, :worker FROM moved)"
         + (_IMAGES_CTE if images else "")
-        + " SELECT old FROM moved"
+        + (", " + outbox.INSERT_ROWS.format(source="moved") if ends else "")
+        + (" SELECT old, ARRAY(SELECT id FROM outbox) FROM moved" if ends else "")
+        + ("" if ends else " SELECT old, NULL FROM moved")
     )
     return statement.bindparams(bindparam("images", type_=JSONB)) if images else statement
 
@@ -242,7 +244,7 @@ def transition(
     illegal = [s for s in sources if to not in TRANSITIONS[s]]
     if illegal or not sources:
         raise IllegalTransitionError(f"{illegal or sources} -> {to}")
-    if to in (S.SUCCEEDED, S.FAILED, S.CANCELLED):
+    if to in TERMINAL:
         values.setdefault("finished_at", NOW)
         values.setdefault("next_check_at", None)
     params: dict[str, Any] = {"job_id": job_id, "detail": detail, "worker": ACTOR.get()}
@@ -252,8 +254,12 @@ def transition(
     statement = _transition_sql(
         to.value, tuple(s.value for s in sources), assignments, bool(images), unsent
     )
-    old = _scalar(session, statement, params)
-    return None if old is None else JobStatus(old)
+    row = _run(session, statement, params).first()
+    if row is None:
+        return None
+    if row[1]:
+        outbox.buffer(row[1])  # published once this statement has committed
+    return JobStatus(row[0])
 
 
 def fail(
@@ -293,7 +299,14 @@ class Accepted:
     created: bool  # False for a redelivery, a reused idempotency key or a refused reuse
 
 
-def accept(session: Db, message_id: str, raw: object, *, default_deadline_seconds: int) -> Accepted:
+def accept(
+    session: Db,
+    message_id: str,
+    raw: object,
+    *,
+    default_deadline_seconds: int,
+    policy: DeliveryPolicy = NO_POLICY,
+) -> Accepted:
     """Validate one request and record it as a queued job, or as a failed one if invalid.
 
     Total: whatever ``raw`` is, the message ends as a job (queued or ``invalid_request``) or,
@@ -314,8 +327,23 @@ def accept(session: Db, message_id: str, raw: object, *, default_deadline_second
     except (ValueError, RecursionError) as exc:
         problem = f"request: could not be validated ({type(exc).__name__})"
     if problem is not None:
-        return record_invalid(session, message_id, problem, request_hash=raw_fingerprint(raw))
+        return record_invalid(
+            session,
+            message_id,
+            problem,
+            request_hash=raw_fingerprint(raw),
+            deliver_to=targets.for_raw(raw, policy),
+        )
     fingerprint = request_fingerprint(request)
+    deliver_to, problem = targets.for_request(request, policy)
+    if problem is not None:
+        return record_invalid(
+            session,
+            message_id,
+            problem,
+            request_hash=fingerprint,
+            deliver_to=targets.for_raw(raw, policy),
+        )
     deadline = request.deadline_seconds or default_deadline_seconds
     try:
         inserted = _run(
@@ -327,6 +355,7 @@ def accept(session: Db, message_id: str, raw: object, *, default_deadline_second
                 "p_request": request.model_dump(mode="json", exclude_none=True),
                 "p_key": request.idempotency_key,
                 "p_metadata": request.metadata,
+                "p_deliver": deliver_to or None,
                 "p_hash": fingerprint,
                 "p_deadline": timedelta(seconds=deadline),
                 "p_worker": ACTOR.get(),
@@ -338,6 +367,7 @@ def accept(session: Db, message_id: str, raw: object, *, default_deadline_second
             message_id,
             f"request: could not be stored ({_why(exc)})",
             request_hash=fingerprint,
+            deliver_to=deliver_to,
         )
     if inserted is not None:
         return Accepted(message_id, S.QUEUED, created=True)
@@ -369,6 +399,7 @@ def accept(session: Db, message_id: str, raw: object, *, default_deadline_second
                     "idempotency_key: already used for a different request "
                     "(a key stands for one request; use a new key)",
                     request_hash=fingerprint,
+                    deliver_to=deliver_to,
                 )
             _run(
                 session,
@@ -399,7 +430,12 @@ def raw_fingerprint(value: object) -> str | None:
 
 
 def record_invalid(
-    session: Db, job_id: str, message: str, *, request_hash: str | None = None
+    session: Db,
+    job_id: str,
+    message: str,
+    *,
+    request_hash: str | None = None,
+    deliver_to: list[dict[str, Any]] | None = None,
 ) -> Accepted:
     """Record a request that cannot be run as a failed ``invalid_request`` job.
 
@@ -415,8 +451,12 @@ def record_invalid(
         "p_detail": detail,
         "p_worker": ACTOR.get(),
         "p_hash": request_hash,
+        "p_deliver": deliver_to or None,
     }
-    if _run(session, _INSERT_INVALID, params).first() is not None:
+    row = _run(session, _INSERT_INVALID, params).first()
+    if row is not None:
+        if row[1]:
+            outbox.buffer(row[1])
         return Accepted(job_id, S.FAILED, created=True)
     existing = _find(session, job_id)
     if existing is None:
@@ -683,11 +723,13 @@ def cancel(session: Session, job_id: str) -> tuple[bool, JobStatus | None]:
     return done, JobStatus(job.status)
 
 
-def view(session: Session, job_id: str) -> JobView | None:
-    """The JobView of ``job_id`` (following an idempotency alias)."""
+def view(session: Session, job_id: str, *, with_deliveries: bool = True) -> JobView | None:
+    """The JobView of ``job_id`` (following an idempotency alias); ``with_deliveries``: with
+    the state of its outbox (not part of what is delivered)."""
     job = resolve(session, job_id, with_images=True)
     if job is None:
         return None
+    deliveries = outbox.views(session.connection(), job.id) if with_deliveries else []
     return JobView(
         id=job.id,
         status=JobStatus(job.status),
@@ -716,6 +758,7 @@ def view(session: Session, job_id: str) -> JobView | None:
         error_message=job.error_message,
         metadata=job.metadata_,
         idempotency_key=job.idempotency_key,
+        deliveries=deliveries,
     )
 
 

@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from .states import LIVE, sql_list
+
 
 class Base(DeclarativeBase):
     """Declarative base with timezone-aware timestamps."""
@@ -45,6 +47,8 @@ class Job(Base):
     # sha256 of the request (api_schema.request_fingerprint): the same id or key with
     # another request is refused, never answered with this job.
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # Where the job's end goes ([{"channel": ..., "target": {...}}]), fixed at acceptance.
+    deliver_to: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
 
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -83,7 +87,7 @@ class Job(Base):
             "ix_jobs_live",
             "status",
             "next_check_at",
-            postgresql_where=text("status IN ('queued','submitting','pending','processing')"),
+            postgresql_where=text(f"status IN ({sql_list(LIVE)})"),
         ),
     )
 
@@ -126,6 +130,34 @@ class JobAlias(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     request_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class JobDelivery(Base):
+    """One channel of an ended job's outbox: written with the end, sent until delivered."""
+
+    __tablename__ = "job_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    target: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # The sweeper's scan: pending deliveries whose attempt is due.
+        Index(
+            "ix_job_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("state = 'pending'"),
+        ),
+    )
 
 
 class DroppedMessage(Base):

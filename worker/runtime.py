@@ -31,11 +31,13 @@ class Runtime:
     downloads: httpx.Client
     gate: UpstreamGate
     redis: Redis
+    webhooks: httpx.Client
 
     def close(self) -> None:
         """Close the connection pools."""
         self.upstream.close()
         self.downloads.close()
+        self.webhooks.close()
 
 
 _runtime: tuple[int, Runtime] | None = None
@@ -78,4 +80,11 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         gate=UpstreamGate(redis, rpm=settings.upstream_rpm),
         redis=redis,
+        # Webhooks go to producers' hosts: no credentials, no redirects followed, no
+        # environment proxies (the key is never sent anywhere but the upstream).
+        webhooks=httpx.Client(
+            timeout=httpx.Timeout(settings.webhook_timeout),
+            follow_redirects=False,
+            trust_env=False,
+        ),
     )

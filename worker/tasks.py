@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import task_prerun, worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -22,7 +22,10 @@ from . import jobs
 from .broker import usable_job_id
 from .celery_app import app
 from .config import get_settings
-from .db import autocommit, reset_engine, transaction
+from .db import autocommit, reset_engine, session_scope, transaction
+from .delivery import outbox, targets
+from .delivery import service as deliveries
+from .delivery.webhooks import WebhookConfig
 from .modellix import (
     TASK_ID,
     OutcomeUnknownError,
@@ -75,6 +78,20 @@ def _fresh_process(**_: Any) -> None:
 def _name_actor(task: Task | None = None, **_: Any) -> None:
     # Events written by this task name the worker node that wrote them.
     jobs.ACTOR.set(str(task.request.hostname) if task is not None else None)
+    outbox.start_buffer()
+
+
+@task_postrun.connect
+def _publish_deliveries(**_: Any) -> None:
+    # After the task returned, every statement that ended a job has committed: its outbox
+    # rows can be announced (if this fails, the sweeper announces them).
+    publish_deliveries()
+
+
+def publish_deliveries() -> None:
+    """Send a delivery message for each outbox row written since the buffer started."""
+    for delivery_id in outbox.take_buffer():
+        deliver.apply_async((delivery_id, 0))
 
 
 @app.task(name=names.GENERATE_TASK, bind=True, max_retries=None)
@@ -125,7 +142,11 @@ def _generate(message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     if problem is not None:
         with autocommit() as session:  # one statement
             accepted = jobs.record_invalid(
-                session, message_id, problem, request_hash=jobs.raw_fingerprint([args, kwargs])
+                session,
+                message_id,
+                problem,
+                request_hash=jobs.raw_fingerprint([args, kwargs]),
+                deliver_to=targets.for_raw(kwargs.get("request"), get_settings().delivery_policy),
             )
     else:
         accepted = _accept_and_admit(message_id, kwargs["request"])
@@ -145,7 +166,11 @@ def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
     settings = get_runtime().settings
     with autocommit() as session:  # one statement for a new job
         accepted = jobs.accept(
-            session, message_id, raw, default_deadline_seconds=settings.default_deadline_seconds
+            session,
+            message_id,
+            raw,
+            default_deadline_seconds=settings.default_deadline_seconds,
+            policy=settings.delivery_policy,
         )
     if accepted.status is JobStatus.QUEUED:  # also a redelivery that stopped before this
         _admit_and_post()
@@ -480,12 +505,93 @@ def sweep() -> dict[str, int]:
             poll.apply_async((job.job_id, job.poll_count))
             republished += 1
     admitted = dispatch()  # nothing inline: every admitted job gets its submit message
+    with transaction() as connection:
+        lost = outbox.take_overdue(
+            connection,
+            stale_after=settings.stale_after_seconds,
+            recheck_in=_delivery_hold(settings),
+        )
+    for delivery_id, attempts in lost:
+        deliver.apply_async((delivery_id, attempts))
     result = {
         "expired": len(expired),
         "republished": republished,
         "outcome_unknown": unknown,
         "admitted": len(admitted),
+        "deliveries": len(lost),
     }
     if any(result.values()):
         log.info("sweep: %s", result)
     return result
+
+
+def _delivery_hold(settings: Any) -> float:
+    """How long a claimed attempt may take before the sweeper tries it again."""
+    return float(settings.webhook_timeout) + 30.0
+
+
+def send_reply(task: str, queue: str, task_id: str, kwargs: dict[str, Any]) -> None:
+    """Send a producer's reply task by name onto its own queue (JSON, protocol 2)."""
+    from kombu.entity import Exchange, Queue
+
+    app.send_task(
+        task,
+        kwargs=kwargs,
+        task_id=task_id,
+        queue=Queue(queue, Exchange(""), routing_key=queue),
+        serializer="json",
+    )
+
+
+@app.task(name=names.DELIVER_TASK, bind=True, **_RETRY_INFRA)
+def deliver(self: Task, delivery_id: str, attempt: int) -> str:
+    """Make attempt ``attempt`` of one delivery of an ended job, then record its outcome."""
+    if not isinstance(delivery_id, str) or type(attempt) is not int:
+        return "refused"
+    runtime = get_runtime()
+    settings = runtime.settings
+    # Countdowns stay below a quarter of the visibility timeout: a longer wait is made of
+    # several hops (each message finds the row not yet due and waits again).
+    longest = settings.visibility_timeout_seconds / 4
+    with autocommit() as connection:
+        claimed = outbox.claim(connection, delivery_id, attempt, hold_for=_delivery_hold(settings))
+    if claimed is None:
+        return "stale"
+    if isinstance(claimed, float):
+        deliver.apply_async((delivery_id, attempt), countdown=min(claimed, longest))
+        return "waiting"
+    with session_scope() as session:
+        view = jobs.view(session, claimed.job_id, with_deliveries=False)
+    result = deliveries.attempt(
+        claimed,
+        view,
+        send_reply=send_reply,
+        http=runtime.webhooks,
+        config=WebhookConfig(
+            secrets=settings.webhook_secret_list,
+            allow_hosts=settings.delivery_policy.allow_hosts,
+            timeout=settings.webhook_timeout,
+        ),
+    )
+    state, retry_in = deliveries.next_state(result, attempt, settings.delivery_steps)
+    with autocommit() as connection:
+        outbox.record(
+            connection,
+            delivery_id,
+            state=state,
+            status=result.status,
+            error=result.error,
+            retry_in=retry_in,
+        )
+    log.info(
+        "delivery %s of job %s (%s, attempt %d): %s%s",
+        delivery_id,
+        claimed.job_id,
+        claimed.channel,
+        attempt + 1,
+        state.value,
+        f" ({result.error})" if result.error else "",
+    )
+    if retry_in is not None:
+        deliver.apply_async((delivery_id, attempt + 1), countdown=min(retry_in, longest))
+    return state.value

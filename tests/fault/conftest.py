@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from devtools.procs import Proc, imagegen_argv
 from tests.harness import Stack
-from worker.procs import Proc, imagegen_argv
 
 #: Faster recovery for the tests: the sweeper runs every second and acts after 3 s; the
 #: unacked messages of a killed worker come back after 30 s instead of 10 minutes.

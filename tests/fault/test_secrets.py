@@ -29,8 +29,8 @@ import pytest
 from redis import Redis
 
 from api_schema import ErrorCode, JobStatus, names
+from devtools.procs import Proc, free_port, imagegen_argv
 from tests.harness import API_KEY, Stack, request
-from worker.procs import Proc, free_port, imagegen_argv
 
 FLOWER_USER = "ops"
 T = TypeVar("T")

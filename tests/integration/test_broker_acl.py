@@ -39,8 +39,8 @@ from redis.retry import Retry
 from api_schema import GENERATE_TASK, REQUESTS_QUEUE
 from api_schema.names import MAINTENANCE_QUEUE, UPSTREAM_QUEUE
 from api_schema.producer import enqueue
+from devtools.procs import free_port, imagegen_argv
 from tests.harness import Stack, request
-from worker.procs import free_port, imagegen_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 ACL_TEMPLATE = ROOT / "deploy" / "redis" / "users.acl"

@@ -11,9 +11,9 @@ import textwrap
 from pathlib import Path
 
 from api_schema import ErrorCode, JobStatus, JobView
+from devtools.demo import portrait_png
+from devtools.procs import imagegen_argv
 from tests.harness import Stack, request
-from worker.demo import portrait_png
-from worker.procs import imagegen_argv
 
 REPO = Path(__file__).resolve().parents[2]
 

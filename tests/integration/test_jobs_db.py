@@ -21,9 +21,9 @@ T = TypeVar("T")
 @pytest.fixture
 def db(stack: Stack) -> Iterator[Stack]:
     """The stack's database, emptied."""
-    stack.sql("TRUNCATE jobs, job_events, job_images, job_aliases")
+    stack.sql("TRUNCATE jobs, job_events, job_images, job_aliases, job_deliveries")
     yield stack
-    stack.sql("TRUNCATE jobs, job_events, job_images, job_aliases")
+    stack.sql("TRUNCATE jobs, job_events, job_images, job_aliases, job_deliveries")
 
 
 def _accept(body: object, job_id: str | None = None) -> jobs.Accepted:

@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -504,6 +505,74 @@ def _given_together(field: str, other: str) -> dict[str, Any]:
     }
 
 
+#: A Celery name: task and queue names of a reply, as Celery and kombu spell them.
+_CELERY_NAME: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,199}(?![\s\S])"
+_CELERY_NAME_PY: Final = r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,199}"
+_WEBHOOK_URL: Final = r"^[hH][tT][tT][pP][sS]?://[^\x00-\x20\x7f]{1,2040}(?![\s\S])"
+
+
+class ReplyTo(BaseModel):
+    """A Celery task this service sends, by name, to a queue of the producer's, when the job
+    ends: ``task(job=<JobView as JSON>)``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: Annotated[
+        StrictStr,
+        Field(description="The task's name.", json_schema_extra={"pattern": _CELERY_NAME}),
+    ]
+    queue: Annotated[
+        StrictStr,
+        Field(
+            description="A queue of the producer's (not one of this service's imagegen.* queues).",
+            json_schema_extra={"pattern": _CELERY_NAME, "not": {"pattern": "^imagegen[.]"}},
+        ),
+    ]
+
+    @field_validator("task", "queue")
+    @classmethod
+    def _celery_name(cls, value: str) -> str:
+        if re.fullmatch(_CELERY_NAME_PY, value) is None:
+            raise ValueError("must be 1 to 200 letters, digits or _.:@- (not starting with .:@-)")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _not_ours(cls, value: str) -> str:
+        if value.startswith("imagegen."):
+            raise ValueError("must not be one of this service's own queues (imagegen.*)")
+        return value
+
+
+class WebhookTarget(BaseModel):
+    """An endpoint that receives the job's end as a signed Standard Webhooks event."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: Annotated[
+        StrictStr,
+        Field(
+            max_length=2048,
+            json_schema_extra={"pattern": _WEBHOOK_URL},
+            description="https:// (http:// only for hosts the deployment allow-lists); must "
+            "resolve to public addresses only (checked by the worker when the request is "
+            "accepted and before each attempt; JSON Schema cannot check that).",
+        ),
+    ]
+
+    @field_validator("url")
+    @classmethod
+    def _plain_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain a user name or password")
+        if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+            raise ValueError("must not contain whitespace or control characters")
+        return value
+
+
 class GenerationRequest(BaseModel):
     """One image-to-image generation, as a producer enqueues it.
 
@@ -582,6 +651,15 @@ class GenerationRequest(BaseModel):
         description="Seconds from acceptance after which the job stops and fails "
         "deadline_exceeded; the worker's default when unset.",
     )
+    reply_to: ReplyTo | None = Field(
+        default=None,
+        description="When the job ends, this Celery task is sent to this queue with kwargs "
+        "{'job': <JobView>}.",
+    )
+    webhook: WebhookTarget | None = Field(
+        default=None,
+        description="When the job ends, a signed Standard Webhooks event is POSTed here.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -656,7 +734,14 @@ class GenerationRequest(BaseModel):
         body = self.model_dump(
             mode="json",
             exclude_none=True,
-            exclude={"idempotency_key", "metadata", "priority", "deadline_seconds"},
+            exclude={
+                "idempotency_key",
+                "metadata",
+                "priority",
+                "deadline_seconds",
+                "reply_to",
+                "webhook",
+            },
         )
         if self.aspect_ratio is not None:
             # The upstream ignores width/height then; not sending them keeps the request honest.
@@ -713,6 +798,29 @@ class ImageView(BaseModel):
     )
 
 
+class DeliveryState(StrEnum):
+    """Where a delivery of a job's end is."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+class DeliveryView(BaseModel):
+    """One channel of a job's outbox, as operators see it."""
+
+    id: str
+    channel: str = Field(description="reply or webhook")
+    state: DeliveryState
+    attempts: int
+    last_status: int | None = None
+    last_error: str | None = Field(
+        default=None, description="Status code and a short excerpt, never a whole body."
+    )
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
 class JobView(BaseModel):
     """A job as producers, the CLI and operators see it."""
 
@@ -733,6 +841,10 @@ class JobView(BaseModel):
     error_message: str | None = None
     metadata: dict[str, Any] | None = None
     idempotency_key: str | None = None
+    deliveries: list[DeliveryView] = Field(
+        default_factory=list,
+        description="Where the job's end is being delivered (not part of delivered events).",
+    )
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
@@ -758,12 +870,16 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_URL_CHARS",
     "AspectRatio",
+    "DeliveryState",
+    "DeliveryView",
     "ErrorCode",
     "GenerateKwargs",
     "GenerationRequest",
     "ImageView",
     "JobStatus",
     "JobView",
+    "ReplyTo",
+    "WebhookTarget",
     "check_reference_image",
     "check_visible",
     "describe_validation_error",

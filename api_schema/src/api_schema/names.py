@@ -7,6 +7,8 @@ GENERATE_TASK: Final = "imagegen.generate"
 SUBMIT_TASK: Final = "imagegen.submit"
 POLL_TASK: Final = "imagegen.poll"
 SWEEP_TASK: Final = "imagegen.sweep"
+#: Sends one outbox row (a Celery reply or a webhook) of an ended job.
+DELIVER_TASK: Final = "imagegen.deliver"
 
 #: New requests land here; a backlog of them never delays polls of running jobs.
 REQUESTS_QUEUE: Final = "imagegen.requests"
@@ -15,4 +17,7 @@ UPSTREAM_QUEUE: Final = "imagegen.upstream"
 #: Periodic maintenance (the sweeper).
 MAINTENANCE_QUEUE: Final = "imagegen.maintenance"
 
-ALL_QUEUES: Final = (REQUESTS_QUEUE, UPSTREAM_QUEUE, MAINTENANCE_QUEUE)
+#: Deliveries of ended jobs to their producers (a slow receiver delays nothing else).
+DELIVERIES_QUEUE: Final = "imagegen.deliveries"
+
+ALL_QUEUES: Final = (REQUESTS_QUEUE, UPSTREAM_QUEUE, MAINTENANCE_QUEUE, DELIVERIES_QUEUE)

@@ -1,5 +1,5 @@
-"""The benchmark scenarios behind ``imagegen bench``. Each starts its own simulator, database
-and worker processes, measures, prints a table and writes JSON."""
+"""The benchmark scenarios behind ``python -m devtools bench``. Each starts its own simulator,
+database and worker processes, measures, prints a table and writes JSON."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def throughput(
             stack.start_worker(
                 f"noop{i}",
                 argv=[
-                    sys.executable, "-m", "bench.baseline",
+                    sys.executable, "-m", "devtools.bench.baseline",
                     "--hostname", f"noop{i}@%h", "--concurrency", str(threads),
                 ],
             )  # fmt: skip
@@ -257,12 +257,12 @@ def inflight(
         stack.stop_workers()
         stack.http.post(f"{stack.sim_url}/_sim/reset")
         console.print(f"naive: {naive_jobs} jobs, same workers and threads, GET every 1.5 s")
-        from bench import naive
+        from devtools.bench import naive
 
         results_key = f"bench:naive:{uuid.uuid4().hex}"
         for i in range(workers):
             argv = [
-                *_celery("bench.naive"),
+                *_celery("devtools.bench.naive"),
                 "worker", "--pool=threads", f"--concurrency={threads}", "--queues=naive",
                 f"--hostname=naive{i}@%h", "--without-gossip", "--without-mingle",
             ]  # fmt: skip

@@ -1,10 +1,10 @@
-"""The baseline of ``imagegen bench throughput``: a no-op task on the workers' own Celery
-settings (broker, transport, acks, prefetch, pool), in a worker of its own.
+"""The baseline of ``python -m devtools bench throughput``: a no-op task on the workers' own
+Celery settings (broker, transport, acks, prefetch, pool), in a worker of its own.
 
 It lives here, not in ``worker/``: production workers register no benchmark task (a task
 that INCRs a key a message names is a tool for whoever can publish).
 
-    python -m bench.baseline --hostname noop0@%h --concurrency 16
+    python -m devtools.bench.baseline --hostname noop0@%h --concurrency 16
 """
 
 from __future__ import annotations

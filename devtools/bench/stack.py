@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from api_schema import GENERATE_TASK, REQUESTS_QUEUE, JobView
 from api_schema.producer import producer_app
-from worker.procs import Proc, Supervisor, free_port, imagegen_argv
+from devtools.procs import Proc, Supervisor, free_port, imagegen_argv
 
 PG_ADMIN_URL = os.environ.get("IMAGEGEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_BASE = os.environ.get("IMAGEGEN_TEST_REDIS", "redis://127.0.0.1:6379")

@@ -1,22 +1,28 @@
-"""``imagegen demo``: the whole pipeline once, end to end, on this machine."""
+"""``python -m devtools demo``: the whole pipeline once, end to end, on this machine."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import secrets
 import shutil
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
+from rich.table import Table
 
 from api_schema import GENERATE_TASK, REQUESTS_QUEUE, ErrorCode, JobStatus, JobView
 
 from .procs import StartupError, Supervisor, free_port, imagegen_argv
+from .reply_consumer import QUEUE as REPLY_QUEUE
+from .reply_consumer import TASK as REPLY_TASK
 
 
 def portrait_png(size: int = 512) -> bytes:
@@ -99,12 +105,18 @@ def run_demo(*, timeout: float, output: Path, console: Console) -> int:
     real = bool(os.environ.get("MODELLIX_API_KEY", "").strip())
     output = output.resolve()
     shutil.rmtree(output / "logs", ignore_errors=True)
-    sim_port, flower_port = free_port(), free_port()
+    sim_port, flower_port, hook_port = free_port(), free_port(), free_port()
+    from worker.delivery.webhooks import generate_secret
+
+    hook_secret = generate_secret()
     env: dict[str, str] = {
         "IMAGEGEN_STORAGE_DIR": os.environ.get("IMAGEGEN_STORAGE_DIR", str(output / "images")),
         "IMAGEGEN_STATE_DIR": str(output / "state"),
         "IMAGEGEN_POLL_INITIAL_SECONDS": os.environ.get("IMAGEGEN_POLL_INITIAL_SECONDS", "2"),
         "IMAGEGEN_POLL_INTERVAL_SECONDS": os.environ.get("IMAGEGEN_POLL_INTERVAL_SECONDS", "0.5"),
+        # the demo's own webhook receiver listens on this machine
+        "IMAGEGEN_WEBHOOK_SECRETS": hook_secret,
+        "IMAGEGEN_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
     }
     if not real:
         env |= {
@@ -129,7 +141,7 @@ def run_demo(*, timeout: float, output: Path, console: Console) -> int:
             title="imagegen demo",
         )
     )
-    from .dbadmin import upgrade
+    from worker.dbadmin import upgrade
 
     console.print("[bold]1/4[/] migrating the database")
     upgrade(settings.database_url)
@@ -158,6 +170,28 @@ def run_demo(*, timeout: float, output: Path, console: Console) -> int:
                 flower, f"http://127.0.0.1:{flower_port}/api/workers", auth=(user, password)
             )
             console.print(f"  flower     http://127.0.0.1:{flower_port}")
+            receiver = sup.start(
+                "webhook-receiver",
+                [
+                    sys.executable, "-m", "devtools.receiver", "--port", str(hook_port),
+                    "--secret", hook_secret, "--log", str(output / "webhooks.jsonl"),
+                ],
+            )  # fmt: skip
+            sup.wait_http(receiver, f"http://127.0.0.1:{hook_port}/health")
+            console.print(f"  webhooks   http://127.0.0.1:{hook_port}/hooks (verifies signatures)")
+            sup.start(
+                "reply-consumer",
+                [
+                    sys.executable, "-m", "celery", "-A", "devtools.reply_consumer", "worker",
+                    "-Q", REPLY_QUEUE, "--pool", "solo", "--without-gossip", "--without-mingle",
+                ],
+                env={
+                    **os.environ,
+                    "REPLY_BROKER_URL": settings.broker_url,
+                    "REPLY_LOG": str(output / "replies.jsonl"),
+                },
+            )  # fmt: skip
+            console.print(f"  replies    a backend's own Celery worker on queue {REPLY_QUEUE}")
         except StartupError as exc:
             console.print(f"[red]could not start:[/] {exc}")
             return 1
@@ -166,17 +200,24 @@ def run_demo(*, timeout: float, output: Path, console: Console) -> int:
         portrait = "data:image/png;base64," + base64.b64encode(portrait_png()).decode()
         labels: dict[str, str] = {}
         expected: dict[str, bool] = {}
+        for path in ("webhooks.jsonl", "replies.jsonl"):
+            (output / path).unlink(missing_ok=True)
+        channels = {
+            "webhook": {"url": f"http://127.0.0.1:{hook_port}/hooks"},
+            "reply_to": {"task": REPLY_TASK, "queue": REPLY_QUEUE},
+        }
         for label, request, ok in demo_requests(portrait):
-            job_id = _send(settings.broker_url, request)
+            job_id = _send(settings.broker_url, {**request, **channels})
             labels[job_id], expected[job_id] = label, ok
             console.print(f"  {job_id}  {label}")
 
         console.print("[bold]4/4[/] waiting for the jobs")
-        from .progress import summary_table, watch
+        from worker.progress import summary_table, watch
 
         views = watch(list(labels), labels=list(labels.values()), timeout=timeout, console=console)
         console.print(summary_table(views, labels))
         failures = _check(views, expected)
+        failures += _show_deliveries(console, output, labels)
         images = [i.stored_path for v in views.values() if v for i in v.images if i.stored_path]
         if images:
             console.print("[bold]images written:[/]")
@@ -191,6 +232,41 @@ def run_demo(*, timeout: float, output: Path, console: Console) -> int:
             return 1
         console.print("[green]demo finished: every job ended as expected[/]")
         return 0
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _show_deliveries(console: Console, output: Path, labels: dict[str, str]) -> list[str]:
+    """Wait for every job's webhook and reply; print what the receivers got."""
+    deadline = time.monotonic() + 30
+    hooks: dict[str, dict[str, Any]] = {}
+    replies: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline and (len(hooks) < len(labels) or len(replies) < len(labels)):
+        hooks = {
+            h["body"]["data"]["id"]: h
+            for h in _lines(output / "webhooks.jsonl")
+            if h.get("verified") and h.get("status") == 200 and h.get("body")
+        }
+        replies = {r["job"]["id"]: r for r in _lines(output / "replies.jsonl")}
+        time.sleep(0.2)
+    table = Table("job", "webhook received (signature verified)", f"{REPLY_TASK} received")
+    problems = []
+    for job_id, label in labels.items():
+        hook, reply = hooks.get(job_id), replies.get(job_id)
+        table.add_row(
+            label,
+            f"{hook['body']['type']} (webhook-id {hook['webhook_id'][:8]}…)" if hook else "-",
+            f"job.{reply['job']['status']} (task id {reply['task_id'][:8]}…)" if reply else "-",
+        )
+        if hook is None or reply is None:
+            problems.append(f"{job_id}: webhook {'ok' if hook else 'missing'}, "
+                            f"reply {'ok' if reply else 'missing'}")  # fmt: skip
+    console.print(table)
+    return problems
 
 
 def _send(broker_url: str, request: dict[str, Any]) -> str:
@@ -223,20 +299,20 @@ def _check(views: dict[str, JobView | None], expected: dict[str, bool]) -> list[
 
 
 def _worker_answers() -> bool:
-    from .celery_app import app
+    from worker.celery_app import app
 
     return bool(app.control.ping(timeout=0.5))
 
 
 def _reload_settings() -> None:
-    from .config import get_settings
-    from .db import reset_engine
+    from worker.config import get_settings
+    from worker.db import reset_engine
 
     get_settings.cache_clear()
     reset_engine()
 
 
 def _settings() -> Any:
-    from .config import get_settings
+    from worker.config import get_settings
 
     return get_settings()

@@ -1,0 +1,97 @@
+"""``python -m devtools``: run the demo and the benchmarks (development only, not shipped)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Development tools for imagegen: the end-to-end demo and the benchmarks.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+bench_app = typer.Typer(
+    help="Benchmarks: each starts its own simulator, database and workers, prints a table "
+    "and writes JSON.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+BenchOutput = Annotated[Path, typer.Option(help="Folder for the JSON results.")]
+out = Console()
+
+
+@app.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 180.0,
+    output: Annotated[Path, typer.Option(help="Where images are written.")] = Path("demo-output"),
+) -> None:
+    """Run the whole pipeline once: simulator (unless MODELLIX_API_KEY is set), worker, Flower."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(timeout=timeout, output=output, console=out))
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    jobs: Annotated[int, typer.Option(help="Jobs (and no-op tasks) to run.")] = 2000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads per worker.")] = 16,
+    output: BenchOutput = Path("bench-results"),
+) -> None:
+    """Jobs/s end to end against a zero-latency unlimited upstream, vs a no-op Celery task."""
+    from .bench.scenarios import throughput
+
+    throughput(out, output, jobs=jobs, workers=workers, threads=threads)
+
+
+@bench_app.command("inflight")
+def bench_inflight(
+    jobs: Annotated[int, typer.Option(help="Jobs submitted at once.")] = 5000,
+    duration: Annotated[float, typer.Option(help="Upstream seconds per task.")] = 30.0,
+    naive_jobs: Annotated[int, typer.Option(help="Jobs for the naive design.")] = 64,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads per worker.")] = 16,
+    split_queues: Annotated[
+        bool, typer.Option(help="Separate workers for new requests and for submits/polls.")
+    ] = False,
+    output: BenchOutput = Path("bench-results"),
+) -> None:
+    """Upstream tasks kept in flight, detection lag, polls and memory; vs GET+sleep loops."""
+    from .bench.scenarios import inflight
+
+    inflight(
+        out, output, jobs=jobs, duration=duration, naive_jobs=naive_jobs, workers=workers,
+        threads=threads, split_queues=split_queues,
+    )  # fmt: skip
+
+
+@bench_app.command("utilization")
+def bench_utilization(
+    jobs: Annotated[int, typer.Option(help="Backlog size.")] = 60,
+    limit: Annotated[int, typer.Option(help="Upstream concurrency limit.")] = 3,
+    duration: Annotated[float, typer.Option(help="Upstream seconds per task.")] = 2.0,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 3,
+    output: BenchOutput = Path("bench-results"),
+) -> None:
+    """How busy a backlog keeps the paid upstream slots (makespan vs ideal, idle, 429s)."""
+    from .bench.scenarios import utilization
+
+    utilization(out, output, jobs=jobs, limit=limit, duration=duration, workers=workers)
+
+
+@bench_app.command("all")
+def bench_all(output: BenchOutput = Path("bench-results")) -> None:
+    """Every scenario with its defaults."""
+    from .bench.scenarios import inflight, throughput, utilization
+
+    throughput(out, output)
+    utilization(out, output)
+    inflight(out, output)
+
+
+def main() -> None:
+    """Entry point of ``python -m devtools``."""
+    app()

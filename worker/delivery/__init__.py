@@ -1,0 +1,1 @@
+"""Push delivery of job results: outbox rows sent to the requester (signed webhooks, ...)."""

@@ -675,7 +675,7 @@ def record_verdict(verdict: Refuse | Drop, queue: str, size: int) -> None:
                 request_hash=verdict.fingerprint,
                 deliver_to=targets.for_raw(None, get_settings().delivery_policy),
             )
-        from .tasks import publish_deliveries
+        from .delivery.tasks import publish_deliveries
 
         publish_deliveries()
         log.warning(

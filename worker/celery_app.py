@@ -34,7 +34,10 @@ def make_app() -> Celery:
     # Importing .broker registered the guarded transport for redis:// URLs; SignedTask signs
     # every internal message (see worker/broker.py).
     app = Celery(
-        "imagegen", broker=settings.broker_url, include=["worker.tasks"], task_cls=SignedTask
+        "imagegen",
+        broker=settings.broker_url,
+        include=["worker.jobs.tasks", "worker.delivery.tasks"],
+        task_cls=SignedTask,
     )
     app.conf.update(
         task_serializer="json",

@@ -314,7 +314,8 @@ def cancel(job_id: str) -> None:
         raise typer.Exit(1)
     # Its slot is free now: a sweep admits the next queued job without waiting for beat
     # (sent through the workers' app: internal messages are signed).
-    from .tasks import publish_deliveries, sweep
+    from .delivery.tasks import publish_deliveries
+    from .jobs.tasks import sweep
 
     publish_deliveries()  # committed: the producer hears of the cancel
     sweep.apply_async()
@@ -374,7 +375,7 @@ def deliveries_retry(delivery_id: str) -> None:
     if attempts is None:
         err.print(f"no delivery {delivery_id}")
         raise typer.Exit(1)
-    from .tasks import deliver
+    from .delivery.tasks import deliver
 
     deliver.apply_async((delivery_id, attempts))
     out.print(f"delivery {delivery_id} queued (attempt {attempts + 1})")

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         return tuple(float(x) for x in self.delivery_schedule.split(",") if x.strip())
 
     @property
+    def delivery_hold_seconds(self) -> float:
+        """How long a claimed delivery attempt may take before the sweeper tries it again."""
+        return self.webhook_timeout + 30.0
+
+    @property
     def limiter_redis_url(self) -> str:
         """Redis URL of the shared limiter."""
         return self.redis_url or self.broker_url

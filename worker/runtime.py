@@ -13,9 +13,9 @@ import httpx
 from pydantic import SecretStr
 from redis import Redis
 
-from .admission import UpstreamGate
 from .config import Settings, get_settings
-from .modellix import ModellixClient
+from .upstream.client import ModellixClient
+from .upstream.gate import UpstreamGate
 
 
 class ConfigurationError(RuntimeError):

@@ -52,7 +52,7 @@ PASSWORD_VARS = {
     PRODUCER: "IMAGEGEN_REDIS_PRODUCER_PASSWORD",
     WORKER: "IMAGEGEN_REDIS_WORKER_PASSWORD",
 }
-# The limiter's keys (worker/admission.py) and kombu's bookkeeping of delivered messages.
+# The limiter's keys (worker/upstream/gate.py) and kombu's bookkeeping of delivered messages.
 LIMITER_KEYS = ("imagegen:upstream:requests", "imagegen:upstream:paused_until")
 UNACKED, UNACKED_INDEX, UNACKED_MUTEX = "unacked", "unacked_index", "unacked_mutex"
 

@@ -1,4 +1,4 @@
-"""Unit tests of the Modellix upstream client (``worker/modellix.py``).
+"""Unit tests of the Modellix upstream client (``worker/upstream/client.py``).
 
 Every test drives :class:`ModellixClient` through an ``httpx.MockTransport`` (or respx):
 no network, no sleeps.
@@ -22,8 +22,8 @@ import respx
 from pydantic import SecretStr
 
 from api_schema import ErrorCode
-from worker import modellix
-from worker.modellix import (
+from worker.upstream import client as modellix
+from worker.upstream.client import (
     MAX_ERROR_TEXT,
     InvalidAnswerError,
     ModellixClient,
@@ -133,7 +133,7 @@ def assert_no_secret(exc: BaseException) -> None:
 
 @pytest.fixture(autouse=True)
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``worker.modellix`` sees a fixed wall clock (X-RateLimit-Reset is absolute)."""
+    """``worker.upstream.client`` sees a fixed wall clock (X-RateLimit-Reset is absolute)."""
     monkeypatch.setattr(modellix, "time", SimpleNamespace(time=lambda: NOW))
 
 
@@ -929,7 +929,7 @@ def test_rate_limit_wait_seconds(rate_limit: RateLimit, now: float, expected: fl
 
 
 def test_rate_limit_wait_seconds_defaults_to_wall_clock() -> None:
-    # the autouse fixture pins worker.modellix's clock at NOW
+    # the autouse fixture pins worker.upstream.client's clock at NOW
     assert RateLimit(reset=NOW + 9, remaining=0).wait_seconds() == pytest.approx(9.0)
 
 

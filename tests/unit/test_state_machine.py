@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from api_schema import TERMINAL_STATUSES, JobStatus
 from worker import jobs
 from worker.config import Settings
-from worker.polling import poll_delay, retry_delay
+from worker.jobs.schedule import poll_delay, retry_delay
 
 
 def test_terminal_statuses_have_no_way_out() -> None:

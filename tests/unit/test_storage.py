@@ -1,4 +1,4 @@
-"""Unit tests of the result-image copier (``worker/storage.py``): paths never come from raw
+"""Unit tests of the result-image copier (``worker/storage/local.py``): paths never come from raw
 input. Downloads go through an ``httpx.MockTransport``: no network."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker.storage import MAX_IMAGE_BYTES, StorageError, image_path, job_dir, store_image
+from worker.storage.local import MAX_IMAGE_BYTES, StorageError, image_path, job_dir, store_image
 
 URL = "https://file.modellix.test/aigc/image/abc.png"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)

@@ -41,8 +41,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from api_schema import ErrorCode
-
-from .config import SUBMIT_PATH, TASK_PATH
+from worker.config import SUBMIT_PATH, TASK_PATH
 
 #: Statuses after which a GET may be repeated.
 RETRYABLE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})

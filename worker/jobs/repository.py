@@ -48,13 +48,10 @@ from api_schema import (
     describe_validation_error,
     request_fingerprint,
 )
-
-from .delivery import outbox, targets
-from .delivery.targets import DeliveryPolicy
-from .models import DroppedMessage, Job, JobAlias
-from .states import HOLDING_SLOT, LIVE, POLLED, TERMINAL, TRANSITIONS
-
-__all__ = ["HOLDING_SLOT", "LIVE", "POLLED", "TERMINAL", "TRANSITIONS"]
+from worker.delivery import outbox, targets
+from worker.delivery.targets import DeliveryPolicy
+from worker.models import DroppedMessage, Job, JobAlias
+from worker.states import HOLDING_SLOT, LIVE, POLLED, TERMINAL, TRANSITIONS
 
 S = JobStatus
 NO_POLICY: Final = DeliveryPolicy()
@@ -837,3 +834,46 @@ def counts(session: Db) -> dict[str, int]:
 def ping(session: Db) -> None:
     """Fail loudly when the database is unreachable or not migrated."""
     _run(session, text("SELECT 1 FROM jobs LIMIT 0"))
+
+
+__all__ = [
+    "ACTOR",
+    "ADMISSION_LOCK_KEY",
+    "HOLDING_SLOT",
+    "LIVE",
+    "MAX_ERROR_MESSAGE",
+    "NOW",
+    "NO_POLICY",
+    "POLLED",
+    "TERMINAL",
+    "TRANSITIONS",
+    "Accepted",
+    "After",
+    "Db",
+    "IllegalTransitionError",
+    "Outcome",
+    "Overdue",
+    "PollTicket",
+    "SubmitTicket",
+    "accept",
+    "admit",
+    "begin_submit",
+    "cancel",
+    "claim_poll",
+    "counts",
+    "expire_overdue",
+    "fail",
+    "mark_processing",
+    "ping",
+    "raw_fingerprint",
+    "record_dropped",
+    "record_invalid",
+    "record_submitted",
+    "requeue",
+    "resolve",
+    "submittable",
+    "succeed",
+    "take_overdue",
+    "transition",
+    "view",
+]

@@ -10,33 +10,26 @@ from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import task_postrun, task_prerun, worker_process_init
+from celery.signals import task_prerun, worker_process_init
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from api_schema import ErrorCode, ImageView, JobStatus, names, unstorable_at
+from worker import jobs
+from worker.broker import usable_job_id
+from worker.celery_app import app
+from worker.config import get_settings
+from worker.db import autocommit, reset_engine, transaction
+from worker.delivery import outbox, targets
+from worker.runtime import Runtime, get_runtime, reset_runtime
+from worker.storage import StorageError, store_image
+from worker.upstream.client import TASK_ID, OutcomeUnknownError, TaskState, UpstreamError
 
-from . import jobs
-from .broker import usable_job_id
-from .celery_app import app
-from .config import get_settings
-from .db import autocommit, reset_engine, session_scope, transaction
-from .delivery import outbox, targets
-from .delivery import service as deliveries
-from .delivery.webhooks import WebhookConfig
-from .modellix import (
-    TASK_ID,
-    OutcomeUnknownError,
-    PermanentError,
-    RetryableError,
-    TaskState,
-    UpstreamError,
-)
-from .polling import poll_delay, retry_delay
-from .runtime import Runtime, get_runtime, reset_runtime
-from .storage import StorageError, store_image
+from . import service
+from .schedule import poll_delay, retry_delay
+from .service import INLINE_SUBMITS, PollAnswer, SubmitAnswer, SweepAction
 
 log = logging.getLogger("imagegen.tasks")
 T = TypeVar("T")
@@ -51,7 +44,7 @@ INFRA_ERRORS = (
 )
 #: Bounded: a submit or poll that gives up is found again by the sweeper from the database;
 #: a request that gives up goes back to its queue (see ``generate``).
-_RETRY_INFRA: dict[str, Any] = {
+RETRY_INFRA: dict[str, Any] = {
     "autoretry_for": INFRA_ERRORS,
     "retry_backoff": 1,
     "retry_backoff_max": 30,
@@ -62,8 +55,6 @@ MAX_JOB_ID = 64
 #: A poll chain is bounded by its job's deadline (at most a week, checked at every claim);
 #: this is only a backstop on the count (a job past it is found again by the sweeper).
 POLL_MAX_RETRIES = 100_000
-#: How many of the jobs its admission lets in a task POSTs itself (the rest get messages).
-INLINE_SUBMITS = 4
 UNSTORABLE = "text with a NUL character or an unpaired surrogate cannot be stored"
 
 
@@ -78,20 +69,7 @@ def _fresh_process(**_: Any) -> None:
 def _name_actor(task: Task | None = None, **_: Any) -> None:
     # Events written by this task name the worker node that wrote them.
     jobs.ACTOR.set(str(task.request.hostname) if task is not None else None)
-    outbox.start_buffer()
-
-
-@task_postrun.connect
-def _publish_deliveries(**_: Any) -> None:
-    # After the task returned, every statement that ended a job has committed: its outbox
-    # rows can be announced (if this fails, the sweeper announces them).
-    publish_deliveries()
-
-
-def publish_deliveries() -> None:
-    """Send a delivery message for each outbox row written since the buffer started."""
-    for delivery_id in outbox.take_buffer():
-        deliver.apply_async((delivery_id, 0))
+    outbox.start_buffer()  # what ends a job in this task, delivery.tasks publishes after it
 
 
 @app.task(name=names.GENERATE_TASK, bind=True, max_retries=None)
@@ -179,7 +157,8 @@ def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
 
 def _admit_and_post() -> None:
     """Admit what fits; POST the first ``INLINE_SUBMITS`` from here, message the rest."""
-    for job_id in dispatch(inline=INLINE_SUBMITS)[:INLINE_SUBMITS]:
+    admitted = dispatch(inline=INLINE_SUBMITS)
+    for job_id in service.split_admitted(admitted, INLINE_SUBMITS)[0]:
         _submit_inline(job_id)
 
 
@@ -192,12 +171,12 @@ def dispatch(*, inline: int = 0) -> list[str]:
     """
     with autocommit() as connection:
         admitted = jobs.admit(connection, get_runtime().settings.upstream_concurrency)
-    for job_id in admitted[inline:]:
+    for job_id in service.split_admitted(admitted, inline)[1]:
         submit.apply_async((job_id,))
     return admitted
 
 
-@app.task(name=names.SUBMIT_TASK, bind=True, **_RETRY_INFRA)
+@app.task(name=names.SUBMIT_TASK, bind=True, **RETRY_INFRA)
 def submit(
     self: Task, job_id: str, upstream_task_id: str | None = None, attempt: int | None = None
 ) -> str:
@@ -257,23 +236,20 @@ def _answer_within() -> float:
 def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     """Send a POST already marked as started, and act on its answer."""
     runtime = get_runtime()
+    settings = runtime.settings
     sent_at = time.monotonic()
     try:
         submitted = runtime.upstream.submit(ticket.payload)
-    except RetryableError as exc:
-        # Definitely not accepted: back in the queue, and if the upstream asked, everyone waits.
-        _throttle(runtime, exc)
-        _again_if_disconnected(_requeue, job_id, f"not accepted: {exc.message}")
-        dispatch()
-        return "requeued"
-    except PermanentError as exc:
-        # a definite answer: not lost to a connection the database restart broke
-        _end(job_id, exc.error_code, exc.message, [JobStatus.SUBMITTING], answered=True)
-        return "rejected"
-    except OutcomeUnknownError as exc:
-        _throttle(runtime, exc)
-        _outcome_unknown(job_id, exc.message)
-        return "unknown"
+        error: UpstreamError | None = None
+    except UpstreamError as exc:
+        error = exc
+    decision = service.after_submit(
+        error, resubmit_unknown=settings.resubmit_unknown, cap=settings.retry_max_interval_seconds
+    )
+    _throttle(runtime, decision)
+    if decision.answer is not SubmitAnswer.ACCEPTED:
+        _apply_submit_decision(job_id, decision)
+        return str(decision.answer)
     # The upstream's clock started when it got the POST, not when we stored its answer.
     first_poll = max(0.0, poll_delay(0, runtime.settings) - (time.monotonic() - sent_at))
     try:
@@ -290,6 +266,24 @@ def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
         return "record-deferred"
 
 
+def _apply_submit_decision(job_id: str, decision: service.Decision) -> None:
+    """A POST that was not accepted, or whose fate is unknown: the job moves on."""
+    if decision.answer in (SubmitAnswer.NOT_ACCEPTED, SubmitAnswer.RESUBMIT):
+        # back in the queue; a definite answer must not be lost to a connection a database
+        # restart broke (the retried task could not record it)
+        _again_if_disconnected(_requeue, job_id, decision.message)
+        dispatch()
+        return
+    assert decision.code is not None
+    _end(
+        job_id,
+        decision.code,
+        decision.message,
+        [JobStatus.SUBMITTING],
+        answered=decision.answer is SubmitAnswer.REJECTED,
+    )
+
+
 def _record_submitted(
     job_id: str, upstream_task_id: str, first_poll: float, *, attempt: int | None = None
 ) -> str:
@@ -304,7 +298,7 @@ def _record_submitted(
     return "moved-on"
 
 
-@app.task(name=names.POLL_TASK, bind=True, **_RETRY_INFRA)
+@app.task(name=names.POLL_TASK, bind=True, **RETRY_INFRA)
 def poll(self: Task, job_id: str, seq: int = 0) -> str:
     """Ask the upstream about a submitted job; retry with a countdown while it runs.
 
@@ -335,24 +329,26 @@ def poll(self: Task, job_id: str, seq: int = 0) -> str:
     wait = runtime.gate.acquire()
     if wait > 0:
         raise self.retry(args=(job_id, ticket.seq), countdown=wait, max_retries=POLL_MAX_RETRIES)
+    state: TaskState | None = None
+    error: UpstreamError | None = None
     try:
         state = runtime.upstream.get_task(ticket.upstream_task_id)
-    except RetryableError as exc:
-        _throttle(runtime, exc)
-        delay = retry_delay(self.request.retries, settings, floor=exc.retry_after)
-        raise self.retry(
-            args=(job_id, ticket.seq), countdown=delay, max_retries=POLL_MAX_RETRIES
-        ) from None
-    except PermanentError as exc:
-        _end(job_id, exc.error_code, exc.message, refill=True)
-        return "rejected"
-    if state.status == "failed":
-        reason = state.error or "the upstream task failed"
-        _end(job_id, ErrorCode.UPSTREAM_FAILED, reason, refill=True)
-        return "failed"
-    if state.status == "success":
+    except UpstreamError as exc:
+        error = exc
+    decision = service.after_poll(state, error, cap=settings.retry_max_interval_seconds)
+    _throttle(runtime, decision)
+    if decision.answer is PollAnswer.RETRY:
+        floor = error.retry_after if error is not None else None
+        delay = retry_delay(self.request.retries, settings, floor=floor)
+        raise self.retry(args=(job_id, ticket.seq), countdown=delay, max_retries=POLL_MAX_RETRIES)
+    if decision.answer in (PollAnswer.ENDED, PollAnswer.FAILED):
+        assert decision.code is not None
+        _end(job_id, decision.code, decision.message, refill=True)
+        return str(decision.answer)
+    if decision.answer is PollAnswer.SUCCEEDED:
+        assert state is not None
         return _finish(self, runtime, job_id, ticket, state)
-    if state.status == "processing" and ticket.status is JobStatus.PENDING:
+    if decision.answer is PollAnswer.STARTED and ticket.status is JobStatus.PENDING:
         with autocommit() as session:  # one statement
             jobs.mark_processing(session, job_id)
     raise self.retry(
@@ -459,26 +455,22 @@ def _again_if_disconnected(step: Callable[..., T], *args: Any) -> T:
 
 
 def _outcome_unknown(job_id: str, message: str) -> None:
-    if get_runtime().settings.resubmit_unknown:
-        _requeue(job_id, f"outcome unknown, resubmitting: {message}")
-        dispatch()
-    else:
-        _end(
-            job_id,
-            ErrorCode.SUBMIT_OUTCOME_UNKNOWN,
-            f"the upstream may or may not have created a task; not resubmitted: {message}",
-            expected=[JobStatus.SUBMITTING],
-        )
+    """A POST was sent and nobody recorded its answer (the sweeper found it)."""
+    settings = get_runtime().settings
+    unknown = OutcomeUnknownError(message)
+    decision = service.after_submit(
+        unknown, resubmit_unknown=settings.resubmit_unknown, cap=settings.retry_max_interval_seconds
+    )
+    _apply_submit_decision(job_id, decision)
 
 
-def _throttle(runtime: Runtime, exc: UpstreamError) -> None:
-    if exc.throttle:
-        pause = exc.retry_after if exc.retry_after is not None else 1.0
-        runtime.gate.pause(min(pause, runtime.settings.retry_max_interval_seconds))
-        log.warning("upstream asked to back off (HTTP %s): pausing for %.1fs", exc.status, pause)
+def _throttle(runtime: Runtime, decision: service.Decision) -> None:
+    if decision.pause is not None:
+        runtime.gate.pause(decision.pause)
+        log.warning("upstream asked to back off: pausing for %.1fs", decision.pause)
 
 
-@app.task(name=names.SWEEP_TASK, **{**_RETRY_INFRA, "max_retries": 3})
+@app.task(name=names.SWEEP_TASK, **{**RETRY_INFRA, "max_retries": 3})
 def sweep() -> dict[str, int]:
     """Move on every job whose next step is overdue (a lost message, a killed worker)."""
     settings = get_runtime().settings
@@ -492,13 +484,14 @@ def sweep() -> dict[str, int]:
         )
     republished = unknown = 0
     for job in overdue:
-        if job.status is JobStatus.SUBMITTING and job.submit_started:
+        action = service.sweep_action(job)
+        if action is SweepAction.OUTCOME_UNKNOWN:
             # The POST was sent and nobody recorded its answer: never sent blindly again.
             _outcome_unknown(
                 job.job_id, "the worker sending it stopped before the answer was stored"
             )
             unknown += 1
-        elif job.status is JobStatus.SUBMITTING:
+        elif action is SweepAction.SUBMIT:
             submit.apply_async((job.job_id,))
             republished += 1
         else:
@@ -509,8 +502,10 @@ def sweep() -> dict[str, int]:
         lost = outbox.take_overdue(
             connection,
             stale_after=settings.stale_after_seconds,
-            recheck_in=_delivery_hold(settings),
+            recheck_in=settings.delivery_hold_seconds,
         )
+    from worker.delivery.tasks import deliver
+
     for delivery_id, attempts in lost:
         deliver.apply_async((delivery_id, attempts))
     result = {
@@ -523,75 +518,3 @@ def sweep() -> dict[str, int]:
     if any(result.values()):
         log.info("sweep: %s", result)
     return result
-
-
-def _delivery_hold(settings: Any) -> float:
-    """How long a claimed attempt may take before the sweeper tries it again."""
-    return float(settings.webhook_timeout) + 30.0
-
-
-def send_reply(task: str, queue: str, task_id: str, kwargs: dict[str, Any]) -> None:
-    """Send a producer's reply task by name onto its own queue (JSON, protocol 2)."""
-    from kombu.entity import Exchange, Queue
-
-    app.send_task(
-        task,
-        kwargs=kwargs,
-        task_id=task_id,
-        queue=Queue(queue, Exchange(""), routing_key=queue),
-        serializer="json",
-    )
-
-
-@app.task(name=names.DELIVER_TASK, bind=True, **_RETRY_INFRA)
-def deliver(self: Task, delivery_id: str, attempt: int) -> str:
-    """Make attempt ``attempt`` of one delivery of an ended job, then record its outcome."""
-    if not isinstance(delivery_id, str) or type(attempt) is not int:
-        return "refused"
-    runtime = get_runtime()
-    settings = runtime.settings
-    # Countdowns stay below a quarter of the visibility timeout: a longer wait is made of
-    # several hops (each message finds the row not yet due and waits again).
-    longest = settings.visibility_timeout_seconds / 4
-    with autocommit() as connection:
-        claimed = outbox.claim(connection, delivery_id, attempt, hold_for=_delivery_hold(settings))
-    if claimed is None:
-        return "stale"
-    if isinstance(claimed, float):
-        deliver.apply_async((delivery_id, attempt), countdown=min(claimed, longest))
-        return "waiting"
-    with session_scope() as session:
-        view = jobs.view(session, claimed.job_id, with_deliveries=False)
-    result = deliveries.attempt(
-        claimed,
-        view,
-        send_reply=send_reply,
-        http=runtime.webhooks,
-        config=WebhookConfig(
-            secrets=settings.webhook_secret_list,
-            allow_hosts=settings.delivery_policy.allow_hosts,
-            timeout=settings.webhook_timeout,
-        ),
-    )
-    state, retry_in = deliveries.next_state(result, attempt, settings.delivery_steps)
-    with autocommit() as connection:
-        outbox.record(
-            connection,
-            delivery_id,
-            state=state,
-            status=result.status,
-            error=result.error,
-            retry_in=retry_in,
-        )
-    log.info(
-        "delivery %s of job %s (%s, attempt %d): %s%s",
-        delivery_id,
-        claimed.job_id,
-        claimed.channel,
-        attempt + 1,
-        state.value,
-        f" ({result.error})" if result.error else "",
-    )
-    if retry_in is not None:
-        deliver.apply_async((delivery_id, attempt + 1), countdown=min(retry_in, longest))
-    return state.value

@@ -18,7 +18,7 @@ from typing import Final
 
 import httpx
 
-from .modellix import IMAGE_FORMATS
+from worker.upstream.client import IMAGE_FORMATS
 
 MAX_IMAGE_BYTES: Final = 64 * 1024 * 1024
 #: Index of a result image (``job_images.index`` is a SmallInteger; a job has at most 9).

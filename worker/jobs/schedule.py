@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from .config import Settings
+from worker.config import Settings
 
 
 def poll_delay(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:

@@ -100,6 +100,7 @@ class Refuse:
     job_id: str
     reason: str
     fingerprint: str | None = None  # of the entry, so its redelivery is recognised
+    request: object = None  # what it asked for, when readable: its channels still hear of it
 
 
 @dataclass(frozen=True)
@@ -467,7 +468,8 @@ def _envelope(raw: bytes, limit: int) -> dict[str, Any] | Drop:
 def _screen_request(raw: bytes, key: Callable[[], bytes]) -> Verdict:
     verdict = _screen_request_entry(raw, key)
     if isinstance(verdict, Refuse):
-        return Refuse(verdict.job_id, verdict.reason, hashlib.sha256(raw).hexdigest())
+        fingerprint = hashlib.sha256(raw).hexdigest()
+        return Refuse(verdict.job_id, verdict.reason, fingerprint, verdict.request)
     return verdict
 
 
@@ -537,10 +539,15 @@ def _screen_request_entry(raw: bytes, key: Callable[[], bytes]) -> Verdict:
             task_id,
             f"message.{delayed}: requests cannot be delayed or expire "
             "(set deadline_seconds in the request instead)",
+            request=kwargs.get("request"),
         )
     link = _links(embed)
     if link is not None:
-        return Refuse(task_id, f"message.{link}: requests cannot carry linked tasks")
+        return Refuse(
+            task_id,
+            f"message.{link}: requests cannot carry linked tasks",
+            request=kwargs.get("request"),
+        )
     # The body is reused as it is when it already is [args, kwargs, <no links>] in base64.
     props = entry.get("properties")
     keep = (
@@ -673,11 +680,14 @@ def record_verdict(verdict: Refuse | Drop, queue: str, size: int) -> None:
                 verdict.job_id,
                 verdict.reason,
                 request_hash=verdict.fingerprint,
-                deliver_to=targets.for_raw(None, get_settings().delivery_policy),
+                deliver_to=targets.for_raw(verdict.request, get_settings().delivery_policy),
             )
         from .delivery.tasks import publish_deliveries
 
-        publish_deliveries()
+        try:
+            publish_deliveries()
+        except Exception:  # the job is recorded: the sweeper publishes its deliveries
+            log.exception("publishing the deliveries of refused request %a", verdict.job_id)
         log.warning(
             "refused %s message %a as invalid_request: %s",
             names.GENERATE_TASK,

@@ -333,7 +333,7 @@ def deliveries_list(
     state: Annotated[
         str | None, typer.Option(help="pending, delivered or dead (default: all).")
     ] = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(help="How many, newest first.", min=1)] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Deliveries of ended jobs, newest first."""

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         default=None, description="A webhook every job's end goes to, besides its own."
     )
     webhook_timeout: float = Field(default=10.0, gt=0, le=60)
+    reply_queue_prefixes: str = Field(
+        default="",
+        description="Comma-separated prefixes a reply_to queue must start with (empty: any "
+        "queue name the contract allows).",
+    )
     delivery_schedule: str | None = Field(
         default=None,
         description="Comma-separated seconds between delivery attempts (±20% jitter); the "
@@ -114,13 +119,39 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _deliveries_make_sense(self) -> Self:
+        # Checked at start, not at the first delivery: a bad value would otherwise leave
+        # every delivery unrecorded and re-sent by the sweeper.
+        from .delivery.webhooks import secret_problem, url_problem
+
+        self.delivery_steps  # noqa: B018 - parses and checks the schedule
+        for secret in self.webhook_secret_list:
+            problem = secret_problem(secret)
+            if problem is not None:
+                raise ValueError(f"IMAGEGEN_WEBHOOK_SECRETS: {problem}")
+        if len(self.webhook_secret_list) > 2:
+            raise ValueError("IMAGEGEN_WEBHOOK_SECRETS: at most two (during a rotation)")
+        if self.webhook_default_url:
+            problem = url_problem(self.webhook_default_url, self.delivery_policy.allow_hosts)
+            if problem is not None:
+                raise ValueError(f"IMAGEGEN_WEBHOOK_DEFAULT_URL: {problem}")
+            if not self.webhook_secret_list:
+                raise ValueError("IMAGEGEN_WEBHOOK_DEFAULT_URL needs IMAGEGEN_WEBHOOK_SECRETS")
+        return self
+
     @property
     def delivery_policy(self) -> DeliveryPolicy:
-        """The rules webhook URLs are checked against."""
+        """The rules webhook URLs and reply queues are checked against."""
         return DeliveryPolicy(
             default_webhook=self.webhook_default_url or None,
-            allow_hosts=frozenset(h.strip() for h in self.webhook_allow_hosts.split(",") if h),
+            allow_hosts=frozenset(
+                h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip()
+            ),
             signing=bool(self.webhook_secret_list),
+            reply_prefixes=tuple(
+                p.strip() for p in self.reply_queue_prefixes.split(",") if p.strip()
+            ),
         )
 
     @property
@@ -136,7 +167,13 @@ class Settings(BaseSettings):
 
         if not self.delivery_schedule:
             return tuple(DEFAULT_SCHEDULE)
-        return tuple(float(x) for x in self.delivery_schedule.split(",") if x.strip())
+        try:
+            steps = tuple(float(x) for x in self.delivery_schedule.split(",") if x.strip())
+        except ValueError:
+            raise ValueError("IMAGEGEN_DELIVERY_SCHEDULE: comma-separated seconds") from None
+        if not steps or not all(0 < s <= 7 * 24 * 3600 for s in steps):
+            raise ValueError("IMAGEGEN_DELIVERY_SCHEDULE: one or more steps of 0 to 604800 s")
+        return steps
 
     @property
     def delivery_hold_seconds(self) -> float:

@@ -107,12 +107,14 @@ def record(
     connection: Connection,
     delivery_id: str,
     *,
+    attempt: int,
     state: DeliveryState,
     status: int | None,
     error: str | None,
     retry_in: float | None = None,
-) -> None:
-    """Store an attempt's outcome: delivered, dead, or pending again after ``retry_in``."""
+) -> bool:
+    """Store the outcome of attempt ``attempt``: delivered, dead, or pending again after
+    ``retry_in``. False when a later attempt was claimed meanwhile (its outcome stands)."""
     values: dict[str, Any] = {
         "state": state.value,
         "last_status": status,
@@ -125,7 +127,16 @@ def record(
         values.update(next_attempt_at=None)
     else:
         values.update(next_attempt_at=func.now() + timedelta(seconds=retry_in or 0.0))
-    connection.execute(update(D).where(D.c.id == delivery_id).values(**values))
+    moved = connection.execute(
+        update(D)
+        .where(
+            D.c.id == delivery_id,
+            D.c.state == DeliveryState.PENDING.value,
+            D.c.attempts == attempt + 1,
+        )
+        .values(**values)
+    )
+    return bool(moved.rowcount)
 
 
 _OVERDUE: Final = text(
@@ -162,7 +173,10 @@ def retry_now(connection: Connection, delivery_id: str) -> int | None:
         update(D)
         .where(D.c.id == delivery_id)
         .values(
-            state=DeliveryState.PENDING.value, next_attempt_at=func.now(), updated_at=func.now()
+            state=DeliveryState.PENDING.value,
+            next_attempt_at=func.now(),
+            delivered_at=None,
+            updated_at=func.now(),
         )
         .returning(D.c.attempts)
     ).first()

@@ -45,7 +45,7 @@ def attempt(
     *,
     send_reply: SendReply,
     http: httpx.Client,
-    config: WebhookConfig,
+    webhook_config: Callable[[], WebhookConfig],
 ) -> Attempt:
     """Make one attempt of a claimed delivery."""
     if view is None:
@@ -66,7 +66,7 @@ def attempt(
             str(claim.target.get("url")),
             msg_id=claim.delivery_id,
             payload=body,
-            config=config,
+            config=webhook_config(),
         )
     return Attempt(Outcome.PERMANENT, None, f"unknown channel {claim.channel!r}")
 

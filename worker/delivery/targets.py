@@ -21,6 +21,7 @@ class DeliveryPolicy:
     default_webhook: str | None = None  # every job's end also goes here
     allow_hosts: frozenset[str] = field(default_factory=frozenset)
     signing: bool = True  # webhook secrets are configured
+    reply_prefixes: tuple[str, ...] = ()  # a reply queue must start with one (empty: any)
 
 
 def webhook_problem(url: str, policy: DeliveryPolicy) -> str | None:
@@ -28,9 +29,33 @@ def webhook_problem(url: str, policy: DeliveryPolicy) -> str | None:
     None. Names resolved now; they are resolved again before each attempt."""
     from .webhooks import resolve_problem
 
-    problem = resolve_problem(url, policy.allow_hosts)
+    try:
+        problem = resolve_problem(url, policy.allow_hosts)
+    except (ValueError, UnicodeError):  # a host no URL parser agrees on
+        return "is not a valid URL"
     # A name that does not resolve now may later: only a definite refusal is final here.
     return None if problem is None or problem.retryable else problem.message
+
+
+def static_webhook_problem(url: str, policy: DeliveryPolicy) -> str | None:
+    """:func:`webhook_problem` without resolving the name (where a lookup may not block)."""
+    from .webhooks import url_problem
+
+    try:
+        return url_problem(url, policy.allow_hosts)
+    except (ValueError, UnicodeError):
+        return "is not a valid URL"
+
+
+def reply_problem(reply: ReplyTo, policy: DeliveryPolicy) -> str | None:
+    """Why this deployment does not send replies to ``reply``'s queue, or None."""
+    if policy.reply_prefixes and not reply.queue.startswith(policy.reply_prefixes):
+        return (
+            "is not one of this deployment's reply queues ("
+            + ", ".join(f"{p}*" for p in policy.reply_prefixes)
+            + ")"
+        )
+    return None
 
 
 def for_request(
@@ -39,6 +64,9 @@ def for_request(
     """The job's ``deliver_to``, or the problem (naming the field) that makes it invalid."""
     found: list[dict[str, Any]] = []
     if request.reply_to is not None:
+        problem = reply_problem(request.reply_to, policy)
+        if problem is not None:
+            return [], f"reply_to.queue: {problem}"
         found.append({"channel": REPLY, "target": request.reply_to.model_dump()})
     if request.webhook is not None:
         if not policy.signing:
@@ -54,19 +82,22 @@ def for_raw(raw: object, policy: DeliveryPolicy) -> list[dict[str, Any]]:
     """The channels of a request that is invalid as a whole: each one that is valid alone.
 
     The producer of a refused request hears of it the same way it would of a finished job.
+    Names are not resolved here (it may run on the broker's consumer thread); they are
+    before each attempt.
     """
     found: list[dict[str, Any]] = []
     if isinstance(raw, dict):
         try:
             if raw.get("reply_to") is not None:
                 reply = ReplyTo.model_validate(raw["reply_to"])
-                found.append({"channel": REPLY, "target": reply.model_dump()})
+                if reply_problem(reply, policy) is None:
+                    found.append({"channel": REPLY, "target": reply.model_dump()})
         except ValidationError:
             pass
         try:
-            if raw.get("webhook") is not None:
+            if raw.get("webhook") is not None and policy.signing:
                 hook = WebhookTarget.model_validate(raw["webhook"])
-                if webhook_problem(hook.url, policy) is None:
+                if static_webhook_problem(hook.url, policy) is None:
                     found.append({"channel": WEBHOOK, "target": {"url": hook.url}})
         except ValidationError:
             pass
@@ -74,6 +105,6 @@ def for_raw(raw: object, policy: DeliveryPolicy) -> list[dict[str, Any]]:
 
 
 def _default(policy: DeliveryPolicy) -> list[dict[str, Any]]:
-    if policy.default_webhook is None:
+    if policy.default_webhook is None or not policy.signing:
         return []
     return [{"channel": WEBHOOK, "target": {"url": policy.default_webhook}, "default": True}]

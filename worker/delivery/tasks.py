@@ -10,7 +10,7 @@ from typing import Any
 from celery import Task
 from celery.signals import task_postrun
 
-from api_schema import names
+from api_schema import DeliveryState, names
 from worker import jobs
 from worker.celery_app import app
 from worker.db import autocommit, session_scope
@@ -19,7 +19,7 @@ from worker.runtime import get_runtime
 
 from . import outbox
 from . import service as deliveries
-from .webhooks import WebhookConfig
+from .webhooks import Attempt, Outcome, WebhookConfig
 
 log = logging.getLogger("imagegen.delivery")
 
@@ -69,29 +69,48 @@ def deliver(self: Task, delivery_id: str, attempt: int) -> str:
     if isinstance(claimed, float):
         deliver.apply_async((delivery_id, attempt), countdown=min(claimed, longest))
         return "waiting"
+    steps = settings.delivery_steps
+    if claimed.attempt > len(steps):  # re-sent by the sweeper after crashes, past its schedule
+        with autocommit() as connection:
+            outbox.record(
+                connection,
+                delivery_id,
+                attempt=attempt,
+                state=DeliveryState.DEAD,
+                status=None,
+                error=f"no result recorded after {attempt} attempts",
+            )
+        return DeliveryState.DEAD.value
     with session_scope() as session:
         view = jobs.view(session, claimed.job_id, with_deliveries=False)
-    result = deliveries.attempt(
-        claimed,
-        view,
-        send_reply=send_reply,
-        http=runtime.webhooks,
-        config=WebhookConfig(
-            secrets=settings.webhook_secret_list,
-            allow_hosts=settings.delivery_policy.allow_hosts,
-            timeout=settings.webhook_timeout,
-        ),
-    )
-    state, retry_in = deliveries.next_state(result, attempt, settings.delivery_steps)
+    try:
+        result = deliveries.attempt(
+            claimed,
+            view,
+            send_reply=send_reply,
+            http=runtime.webhooks,
+            webhook_config=lambda: WebhookConfig(
+                secrets=settings.webhook_secret_list,
+                allow_hosts=settings.delivery_policy.allow_hosts,
+                timeout=settings.webhook_timeout,
+            ),
+        )
+    except Exception as exc:  # a defect: recorded and retried on the schedule, never silent
+        log.exception("delivery %s: the attempt failed unexpectedly", delivery_id)
+        result = Attempt(Outcome.RETRY, None, f"{type(exc).__name__} in the worker")
+    state, retry_in = deliveries.next_state(result, attempt, steps)
     with autocommit() as connection:
-        outbox.record(
+        recorded = outbox.record(
             connection,
             delivery_id,
+            attempt=attempt,
             state=state,
             status=result.status,
             error=result.error,
             retry_in=retry_in,
         )
+    if not recorded:  # a later attempt (the sweeper's) took over meanwhile: its result stands
+        return "superseded"
     log.info(
         "delivery %s of job %s (%s, attempt %d): %s%s",
         delivery_id,

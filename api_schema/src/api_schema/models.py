@@ -508,6 +508,14 @@ def _given_together(field: str, other: str) -> dict[str, Any]:
 #: A Celery name: task and queue names of a reply, as Celery and kombu spell them.
 _CELERY_NAME: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,199}(?![\s\S])"
 _CELERY_NAME_PY: Final = r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,199}"
+#: A reply queue: a plain Redis list name of the producer's own (no ':', which Redis keys of
+#: this service use), never one of this service's or kombu's own names, in any case.
+_QUEUE_NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}(?![\s\S])"
+_QUEUE_NAME_PY: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}"
+_RESERVED_QUEUE: Final = (
+    r"^([iI][mM][aA][gG][eE][gG][eE][nN]|[uU][nN][aA][cC][kK][eE][dD]|[cC][eE][lL][eE][rR][yY])"
+)
+RESERVED_QUEUE_PREFIXES: Final = ("imagegen", "unacked", "celery")
 _WEBHOOK_URL: Final = r"^[hH][tT][tT][pP][sS]?://[^\x00-\x20\x7f]{1,2040}(?![\s\S])"
 
 
@@ -524,12 +532,13 @@ class ReplyTo(BaseModel):
     queue: Annotated[
         StrictStr,
         Field(
-            description="A queue of the producer's (not one of this service's imagegen.* queues).",
-            json_schema_extra={"pattern": _CELERY_NAME, "not": {"pattern": "^imagegen[.]"}},
+            description="A queue of the producer's own: letters, digits and _.- (no ':'), not "
+            "starting with imagegen, unacked or celery in any case.",
+            json_schema_extra={"pattern": _QUEUE_NAME, "not": {"pattern": _RESERVED_QUEUE}},
         ),
     ]
 
-    @field_validator("task", "queue")
+    @field_validator("task")
     @classmethod
     def _celery_name(cls, value: str) -> str:
         if re.fullmatch(_CELERY_NAME_PY, value) is None:
@@ -538,9 +547,15 @@ class ReplyTo(BaseModel):
 
     @field_validator("queue")
     @classmethod
-    def _not_ours(cls, value: str) -> str:
-        if value.startswith("imagegen."):
-            raise ValueError("must not be one of this service's own queues (imagegen.*)")
+    def _own_queue(cls, value: str) -> str:
+        # The workers publish replies with their own broker rights: a name that is one of
+        # this service's keys (queues, kombu's bookkeeping, the rate limiter) would let a
+        # producer write into them.
+        if re.fullmatch(_QUEUE_NAME_PY, value) is None:
+            raise ValueError("must be 1 to 200 letters, digits or _.- (not starting with _.-)")
+        if value.lower().startswith(RESERVED_QUEUE_PREFIXES):
+            raise ValueError("must be a queue of your own, not starting with imagegen, "
+                             "unacked or celery")  # fmt: skip
         return value
 
 

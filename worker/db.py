@@ -25,7 +25,7 @@ def _state() -> tuple[Engine, sessionmaker[Session]]:
             # broken by a database restart fails its statement, SQLAlchemy then discards
             # the whole pool, and the task is retried (tasks.INFRA_ERRORS); a step that
             # records an upstream answer runs once more at once instead
-            # (tasks._again_if_disconnected), since a retried task could not record it.
+            # (jobs.service._again_if_disconnected), since a retried task could not record it.
             pool_pre_ping=False,
             # a connection per worker thread, plus the admission calls between transactions
             pool_size=max(5, settings.worker_concurrency + 2),

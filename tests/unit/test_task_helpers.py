@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from worker.jobs.tasks import _again_if_disconnected
+from worker.jobs.service import _again_if_disconnected
 
 
 def _failing(times: int, *, invalidated: bool) -> tuple[list[str], Callable[[str], str]]:

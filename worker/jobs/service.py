@@ -1,129 +1,478 @@
-"""What an upstream answer means for a job: the decisions of the pipeline, as plain functions.
+"""The pipeline's steps: accept a request, admit, POST, record the answer, poll, finish, sweep.
 
-No Celery, no database, no HTTP: the tasks (``jobs/tasks.py``) make the calls, ask here what
-the answer means, then apply it (a transition through the repository) and publish the next
-step. Unit tests reach every rule without a broker.
+Plain functions over the repository, the upstream client and storage. They ask
+``decisions`` what an answer means, apply it, and name the next messages with
+``enqueue.later`` (published when the task ends); a step that must run again later returns
+:class:`Again`. The Celery tasks (``jobs/tasks.py``) only open the step and settle it.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Final
+from typing import Any, Final, TypeVar
 
-from api_schema import ErrorCode, JobStatus
-from worker.upstream.client import (
-    OutcomeUnknownError,
-    PermanentError,
-    RetryableError,
-    TaskState,
-    UpstreamError,
-)
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from .repository import Overdue
+from api_schema import ErrorCode, ImageView, JobStatus, names, unstorable_at
+from worker import jobs
+from worker.broker import usable_job_id
+from worker.config import get_settings
+from worker.db import autocommit, transaction
+from worker.delivery import outbox, targets
+from worker.enqueue import later
+from worker.runtime import Runtime, get_runtime
+from worker.storage import StorageError, store_image
+from worker.upstream.client import TASK_ID, OutcomeUnknownError, TaskState, UpstreamError
 
-#: How long every worker pauses when the upstream said to back off but not for how long.
-DEFAULT_PAUSE: Final = 1.0
-#: How many of the jobs its admission lets in a task POSTs itself (the rest get messages):
-#: a freed slot is refilled without a message hop, and one task never holds many POSTs.
-INLINE_SUBMITS: Final = 4
+from . import decisions
+from .decisions import INLINE_SUBMITS, PollAnswer, SubmitAnswer, SweepAction
+from .schedule import poll_delay, retry_delay
 
-
-class SubmitAnswer(StrEnum):
-    """What a POST's answer means."""
-
-    ACCEPTED = "accepted"  # a task id: store it, poll it
-    NOT_ACCEPTED = "not-accepted"  # definitely not (429): back to the queue, try again later
-    REJECTED = "rejected"  # definitely not, for good (4xx): the job fails with the code
-    UNKNOWN = "unknown"  # a task may exist: never sent again (unless configured), fails
-    RESUBMIT = "resubmit"  # outcome unknown, and the deployment chose to risk paying twice
+log = logging.getLogger("imagegen.jobs")
+T = TypeVar("T")
+MAX_JOB_ID: Final = 64
+UNSTORABLE: Final = "text with a NUL character or an unpaired surrogate cannot be stored"
 
 
 @dataclass(frozen=True)
-class Decision:
-    """What to do with a job after an upstream answer."""
+class Again:
+    """Run this step again: the task retries itself with these arguments after ``countdown``."""
 
-    answer: StrEnum
-    code: ErrorCode | None = None  # the error code it ends with, when it ends
-    message: str = ""
-    pause: float | None = None  # every worker waits this long first (the upstream asked)
+    args: tuple[Any, ...]
+    countdown: float
 
 
-def pause_for(error: UpstreamError, cap: float) -> float | None:
-    """How long every worker should pause after ``error`` (a 429 or 503), or None."""
-    if not error.throttle:
-        return None
-    wanted = error.retry_after if error.retry_after is not None else DEFAULT_PAUSE
-    return min(wanted, cap)
+# --- accepting a request ------------------------------------------------------------------
 
 
-def after_submit(error: UpstreamError | None, *, resubmit_unknown: bool, cap: float) -> Decision:
-    """What a POST's outcome means: ``error`` is None when the upstream accepted it."""
-    if error is None:
-        return Decision(SubmitAnswer.ACCEPTED)
-    pause = pause_for(error, cap)
-    if isinstance(error, RetryableError):
-        return Decision(SubmitAnswer.NOT_ACCEPTED, message=f"not accepted: {error.message}",
-                        pause=pause)  # fmt: skip
-    if isinstance(error, PermanentError):
-        return Decision(SubmitAnswer.REJECTED, error.error_code, error.message, pause)
-    if not isinstance(error, OutcomeUnknownError):
-        raise TypeError(f"not an upstream answer: {error!r}")
-    if resubmit_unknown:
-        return Decision(SubmitAnswer.RESUBMIT, message=f"outcome unknown, resubmitting: "
-                        f"{error.message}", pause=pause)  # fmt: skip
-    return Decision(
-        SubmitAnswer.UNKNOWN,
-        ErrorCode.SUBMIT_OUTCOME_UNKNOWN,
-        f"the upstream may or may not have created a task; not resubmitted: {error.message}",
-        pause,
+def accept(message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, str]:
+    """Validate one ``imagegen.generate`` message, record its job, admit what fits."""
+    if usable_job_id(message_id) is None:
+        # The guarded transport refuses these before they get here; kept as a last guard.
+        log.error("dropped %s message: task id %.80a is unusable", names.GENERATE_TASK, message_id)
+        return {"job_id": ascii(message_id)[:MAX_JOB_ID], "status": "dropped"}
+    unstorable = unstorable_at(kwargs) or unstorable_at(args, "args")
+    problem: str | None = None
+    if unstorable is not None:
+        problem = f"{unstorable}: {UNSTORABLE}"
+    elif args or set(kwargs) != {"request"}:
+        got = ", ".join(sorted(kwargs)) or "none"
+        detail = f"{len(args)} positional argument(s), kwargs: {got}"
+        problem = f"message: expected kwargs {{'request': ...}}, got {detail}"
+    if problem is not None:
+        with autocommit() as session:  # one statement
+            accepted = jobs.record_invalid(
+                session,
+                message_id,
+                problem,
+                request_hash=jobs.raw_fingerprint([args, kwargs]),
+                deliver_to=targets.for_raw(kwargs.get("request"), get_settings().delivery_policy),
+            )
+    else:
+        accepted = _accept_and_admit(message_id, kwargs["request"])
+    if accepted.status is JobStatus.FAILED and accepted.created:
+        log.warning("job %s rejected as invalid_request", message_id)
+    return {"job_id": accepted.job_id, "status": accepted.status.value}
+
+
+def record_dropped(message_id: str, reason: str) -> None:
+    """Keep a request that could not be accepted for a reason of ours (a defect)."""
+    with autocommit() as connection:
+        jobs.record_dropped(
+            connection,
+            queue=names.REQUESTS_QUEUE,
+            task=names.GENERATE_TASK,
+            message_id=ascii(message_id)[1:-1][:MAX_JOB_ID],
+            size=0,
+            reason=reason,
+        )
+
+
+def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
+    """Record a request, then admit what fits upstream and POST the first admitted jobs.
+
+    Admission takes every queued job that fits, not only this one: a worker accepting a
+    request at the same moment may have admitted ours already, and ours may admit theirs.
+    Whoever admits a job POSTs it from the same task (up to ``INLINE_SUBMITS``), so a new
+    job normally reaches the upstream without another message hop.
+    """
+    settings = get_runtime().settings
+    with autocommit() as session:  # one statement for a new job
+        accepted = jobs.accept(
+            session,
+            message_id,
+            raw,
+            default_deadline_seconds=settings.default_deadline_seconds,
+            policy=settings.delivery_policy,
+        )
+    if accepted.status is JobStatus.QUEUED:  # also a redelivery that stopped before this
+        admit_and_post()
+    return accepted
+
+
+# --- admission and submits ----------------------------------------------------------------
+
+
+def admit_and_post() -> None:
+    """Admit what fits; POST the first ``INLINE_SUBMITS`` from here, message the rest."""
+    admitted = dispatch(inline=INLINE_SUBMITS)
+    for job_id in decisions.split_admitted(admitted, INLINE_SUBMITS)[0]:
+        _submit_inline(job_id)
+
+
+def dispatch(*, inline: int = 0) -> list[str]:
+    """Admit queued jobs into free upstream slots; return the ids of all it admitted.
+
+    Call it after the change that may let a job in (a new queued job, a freed slot) is
+    committed. Every admitted job but the first ``inline`` gets a submit message; the
+    caller POSTs those itself, saving the message hop between a slot freeing and the POST.
+    """
+    with autocommit() as connection:
+        admitted = jobs.admit(connection, get_runtime().settings.upstream_concurrency)
+    for job_id in decisions.split_admitted(admitted, inline)[1]:
+        later(names.SUBMIT_TASK, job_id)
+    return admitted
+
+
+def submit(job_id: str, upstream_task_id: str | None, attempt: int | None) -> str | Again:
+    """POST one admitted job to the upstream, once (or only record an earlier POST's answer)."""
+    if not isinstance(job_id, str):
+        return "refused"
+    if upstream_task_id is not None:
+        # The answer of this worker's own POST, kept in a message while the database was
+        # away: recorded only for the POST attempt that produced it.
+        if not (
+            isinstance(upstream_task_id, str)
+            and TASK_ID.fullmatch(upstream_task_id)
+            and type(attempt) is int
+        ):
+            return "refused"
+        return _record_submitted(job_id, upstream_task_id, 0.0, attempt=attempt)
+    outcome = _submit_now(job_id)
+    if isinstance(outcome, float):
+        return Again((job_id,), outcome)
+    return outcome
+
+
+def _submit_inline(job_id: str) -> str:
+    outcome = _submit_now(job_id)
+    if isinstance(outcome, float):  # the request budget is spent: send it later
+        later(names.SUBMIT_TASK, job_id, countdown=outcome)
+        return "delayed"
+    return outcome
+
+
+def _submit_now(job_id: str) -> str | float:
+    """POST one admitted job; the seconds to wait first when the request budget is spent."""
+    with autocommit() as session:
+        # No request token is spent on a job that is not ours to send (a duplicate
+        # message, a job that moved on).
+        if not jobs.submittable(session, job_id):
+            return "skipped"
+        wait = get_runtime().gate.acquire()
+        if wait > 0:
+            return wait
+        ticket = jobs.begin_submit(session, job_id, answer_within=_answer_within())
+    if ticket is None:
+        return "skipped"  # a duplicate message, or the job moved on (cancelled, expired)
+    return _post(job_id, ticket)
+
+
+def _answer_within() -> float:
+    settings = get_runtime().settings
+    return settings.connect_timeout + settings.read_timeout + 5
+
+
+def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
+    """Send a POST already marked as started, and act on its answer."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    sent_at = time.monotonic()
+    try:
+        submitted = runtime.upstream.submit(ticket.payload)
+        error: UpstreamError | None = None
+    except UpstreamError as exc:
+        error = exc
+    decision = decisions.after_submit(
+        error, resubmit_unknown=settings.resubmit_unknown, cap=settings.retry_max_interval_seconds
+    )
+    _throttle(runtime, decision)
+    if decision.answer is not SubmitAnswer.ACCEPTED:
+        _apply_submit_decision(job_id, decision)
+        return str(decision.answer)
+    # The upstream's clock started when it got the POST, not when we stored its answer.
+    first_poll = max(0.0, poll_delay(0, runtime.settings) - (time.monotonic() - sent_at))
+    try:
+        return _record_submitted(job_id, submitted.task_id, first_poll)
+    except (OperationalError, InterfaceError):
+        # The POST was accepted but the database is away: keep the answer in a message and
+        # record it when the database is back, instead of leaving an unknown outcome.
+        log.warning("job %s: storing upstream task id deferred (database unavailable)", job_id)
+        later(
+            names.SUBMIT_TASK,
+            job_id,
+            upstream_task_id=submitted.task_id,
+            attempt=ticket.attempt,
+            countdown=2,
+        )
+        return "record-deferred"
+
+
+def _apply_submit_decision(job_id: str, decision: decisions.Decision) -> None:
+    """A POST that was not accepted, or whose fate is unknown: the job moves on."""
+    if decision.answer in (SubmitAnswer.NOT_ACCEPTED, SubmitAnswer.RESUBMIT):
+        # back in the queue; a definite answer must not be lost to a connection a database
+        # restart broke (the retried task could not record it)
+        _again_if_disconnected(_requeue, job_id, decision.message)
+        dispatch()
+        return
+    assert decision.code is not None
+    _end(
+        job_id,
+        decision.code,
+        decision.message,
+        [JobStatus.SUBMITTING],
+        answered=decision.answer is SubmitAnswer.REJECTED,
     )
 
 
-class PollAnswer(StrEnum):
-    """What a task query's answer means."""
-
-    SUCCEEDED = "succeeded"  # copy the images, store the results
-    FAILED = "failed"  # the upstream task failed: the job fails with its reason
-    ENDED = "ended"  # the query was refused for good (404, 401...): the job fails
-    STARTED = "started"  # it began processing: record that, poll again
-    RUNNING = "running"  # poll again later
-    RETRY = "retry"  # not answered (5xx, 429, timeout): ask again after a backoff
-
-
-def after_poll(state: TaskState | None, error: UpstreamError | None, *, cap: float) -> Decision:
-    """What a task query's outcome means (``state`` when answered, else ``error``)."""
-    if error is not None:
-        if isinstance(error, PermanentError):
-            return Decision(PollAnswer.ENDED, error.error_code, error.message)
-        return Decision(PollAnswer.RETRY, message=error.message, pause=pause_for(error, cap))
-    if state is None:
-        raise ValueError("a poll has either a state or an error")
-    if state.status == "failed":
-        reason = state.error or "the upstream task failed"
-        return Decision(PollAnswer.FAILED, ErrorCode.UPSTREAM_FAILED, reason)
-    if state.status == "success":
-        return Decision(PollAnswer.SUCCEEDED)
-    if state.status == "processing":
-        return Decision(PollAnswer.STARTED)
-    return Decision(PollAnswer.RUNNING)
+def _record_submitted(
+    job_id: str, upstream_task_id: str, first_poll: float, *, attempt: int | None = None
+) -> str:
+    with autocommit() as session:  # one statement (two with an attempt to check)
+        recorded = jobs.record_submitted(
+            session, job_id, upstream_task_id, first_poll_in=first_poll, attempt=attempt
+        )
+    if recorded:
+        later(names.POLL_TASK, job_id, 0, countdown=first_poll)
+        return "submitted"
+    log.warning("job %s: upstream task %s created but the job moved on", job_id, upstream_task_id)
+    return "moved-on"
 
 
-class SweepAction(StrEnum):
-    """What the sweeper does with a job whose next step is overdue."""
-
-    OUTCOME_UNKNOWN = "outcome-unknown"  # its POST was sent, its answer never stored
-    SUBMIT = "submit"  # admitted, never sent: publish its submit again
-    POLL = "poll"  # submitted: publish its next poll again
+# --- polls ---------------------------------------------------------------------------------
 
 
-def sweep_action(job: Overdue) -> SweepAction:
-    """The sweeper's move for one overdue job (never a blind second POST)."""
-    if job.status is JobStatus.SUBMITTING:
-        return SweepAction.OUTCOME_UNKNOWN if job.submit_started else SweepAction.SUBMIT
-    return SweepAction.POLL
+def poll(job_id: str, seq: int, retries: int) -> str | Again:
+    """Ask the upstream about a submitted job (poll number ``seq``, the ``retries``-th run of
+    this message); :class:`Again` while it runs.
+
+    Bounded by the job's deadline: every poll claims its turn in the database, and a claim
+    past the deadline ends the job.
+    """
+    if not isinstance(job_id, str) or type(seq) is not int:
+        return "refused"
+    runtime = get_runtime()
+    settings = runtime.settings
+    hold_for = (
+        settings.read_timeout + settings.connect_timeout + settings.retry_max_interval_seconds
+    )
+    # The claim comes first: no request token is spent on a job that does not exist, has
+    # ended, or whose poll this is not.
+    with autocommit() as session:  # one statement
+        ticket = jobs.claim_poll(session, job_id, seq, hold_for=hold_for)
+    if ticket is None:
+        return "stale"
+    if ticket.overdue:
+        _end(
+            job_id,
+            ErrorCode.DEADLINE_EXCEEDED,
+            "deadline passed while the upstream was working",
+            refill=True,
+        )
+        return "deadline"
+    wait = runtime.gate.acquire()
+    if wait > 0:
+        return Again((job_id, ticket.seq), wait)
+    state: TaskState | None = None
+    error: UpstreamError | None = None
+    try:
+        state = runtime.upstream.get_task(ticket.upstream_task_id)
+    except UpstreamError as exc:
+        error = exc
+    decision = decisions.after_poll(state, error, cap=settings.retry_max_interval_seconds)
+    _throttle(runtime, decision)
+    if decision.answer is PollAnswer.RETRY:
+        floor = error.retry_after if error is not None else None
+        return Again((job_id, ticket.seq), retry_delay(retries, settings, floor=floor))
+    if decision.answer in (PollAnswer.ENDED, PollAnswer.FAILED):
+        assert decision.code is not None
+        _end(job_id, decision.code, decision.message, refill=True)
+        return str(decision.answer)
+    if decision.answer is PollAnswer.SUCCEEDED:
+        assert state is not None
+        return _finish(runtime, job_id, ticket, state, retries)
+    if decision.answer is PollAnswer.STARTED and ticket.status is JobStatus.PENDING:
+        with autocommit() as session:  # one statement
+            jobs.mark_processing(session, job_id)
+    return Again((job_id, ticket.seq), poll_delay(ticket.seq, settings))
 
 
-def split_admitted(admitted: list[str], inline: int) -> tuple[list[str], list[str]]:
-    """Of the jobs one admission let in: (POSTed by the admitting task, sent as messages)."""
-    return admitted[:inline], admitted[inline:]
+def _finish(
+    runtime: Runtime, job_id: str, ticket: jobs.PollTicket, state: TaskState, retries: int
+) -> str | Again:
+    """Copy the images of a finished task and store its results: the job ends."""
+    settings = runtime.settings
+    images: list[ImageView] = []
+    failure: tuple[ErrorCode, str] | None = None
+    for index, resource in enumerate(state.resources):
+        stored: str | None = None
+        if settings.storage_dir is not None:
+            try:
+                path = store_image(
+                    runtime.downloads,
+                    settings.storage_dir,
+                    job_id,
+                    index,
+                    resource.url,
+                    resource.format,
+                )
+                stored = str(path.resolve())
+            except (StorageError, OSError) as exc:
+                if not ticket.overdue:  # retried until the job's deadline
+                    log.warning(
+                        "job %s: copying image %d failed (%s); retrying", job_id, index, exc
+                    )
+                    return Again((job_id, ticket.seq), retry_delay(retries, settings))
+                failure = (ErrorCode.STORAGE_FAILED, f"copying image {index} failed: {exc}")
+        images.append(
+            ImageView(
+                index=index,
+                url=resource.url,
+                width=resource.width,
+                height=resource.height,
+                format=resource.format,
+                stored_path=stored,
+            )
+        )
+    outcome = jobs.Outcome(
+        images=images,
+        duration_ms=state.duration_ms,
+        billing_amount=state.billing_amount,
+        result_expires_at=state.result_expires_at,
+        request_id=state.request_id,
+    )
+    with autocommit() as session:  # one statement
+        done = jobs.succeed(session, job_id, outcome, failure=failure)
+    if done:
+        admit_and_post()  # its slot is free: refill it from here
+    return "succeeded" if failure is None else "failed"
+
+
+# --- ends ----------------------------------------------------------------------------------
+
+
+def _fail(
+    job_id: str, code: ErrorCode, message: str, expected: list[JobStatus] | None = None
+) -> bool:
+    with autocommit() as session:  # one statement
+        return jobs.fail(session, job_id, code, message, expected=expected)
+
+
+def _end(
+    job_id: str,
+    code: ErrorCode,
+    message: str,
+    expected: list[JobStatus] | None = None,
+    *,
+    refill: bool = False,
+    answered: bool = False,
+) -> None:
+    """End a job as failed; ``answered``: the upstream's definite answer is being recorded."""
+    record = _again_if_disconnected if answered else _call
+    if record(_fail, job_id, code, message, expected):  # its slot is free
+        # Only a poll refills inline: a chain of refused submits must not recurse.
+        admit_and_post() if refill else dispatch()
+
+
+def _requeue(job_id: str, reason: str) -> None:
+    with autocommit() as session:  # one statement
+        jobs.requeue(session, job_id, reason)
+
+
+def _call(step: Callable[..., T], *args: Any) -> T:
+    return step(*args)
+
+
+def _again_if_disconnected(step: Callable[..., T], *args: Any) -> T:
+    """Run a database step that records an upstream answer; once more on a new connection
+    if the first attempt found its connection broken (the database restarted since it was
+    pooled: SQLAlchemy then discards the pool). A retried task could not record it: its
+    POST is marked started, so the answer would be lost and the job end outcome unknown."""
+    try:
+        return step(*args)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        return step(*args)
+
+
+def _outcome_unknown(job_id: str, message: str) -> None:
+    """A POST was sent and nobody recorded its answer (the sweeper found it)."""
+    settings = get_runtime().settings
+    decision = decisions.after_submit(
+        OutcomeUnknownError(message),
+        resubmit_unknown=settings.resubmit_unknown,
+        cap=settings.retry_max_interval_seconds,
+    )
+    _apply_submit_decision(job_id, decision)
+
+
+def _throttle(runtime: Runtime, decision: decisions.Decision) -> None:
+    if decision.pause is not None:
+        runtime.gate.pause(decision.pause)
+        log.warning("upstream asked to back off: pausing for %.1fs", decision.pause)
+
+
+# --- the sweeper ---------------------------------------------------------------------------
+
+
+def sweep() -> dict[str, int]:
+    """Move on every job whose next step is overdue (a lost message, a killed worker), and
+    every delivery whose message went missing."""
+    settings = get_runtime().settings
+    with transaction() as session:
+        expired = jobs.expire_overdue(session)
+    with transaction() as session:
+        overdue = jobs.take_overdue(
+            session,
+            stale_after=settings.stale_after_seconds,
+            recheck_in=settings.read_timeout + settings.retry_max_interval_seconds,
+        )
+    republished = unknown = 0
+    for job in overdue:
+        action = decisions.sweep_action(job)
+        if action is SweepAction.OUTCOME_UNKNOWN:
+            # The POST was sent and nobody recorded its answer: never sent blindly again.
+            _outcome_unknown(
+                job.job_id, "the worker sending it stopped before the answer was stored"
+            )
+            unknown += 1
+        elif action is SweepAction.SUBMIT:
+            later(names.SUBMIT_TASK, job.job_id)
+            republished += 1
+        else:
+            later(names.POLL_TASK, job.job_id, job.poll_count)
+            republished += 1
+    admitted = dispatch()  # nothing inline: every admitted job gets its submit message
+    with transaction() as connection:
+        lost = outbox.take_overdue(
+            connection,
+            stale_after=settings.stale_after_seconds,
+            recheck_in=settings.delivery_hold_seconds,
+        )
+    for delivery_id, attempts in lost:
+        later(names.DELIVER_TASK, delivery_id, attempts)
+    result = {
+        "expired": len(expired),
+        "republished": republished,
+        "outcome_unknown": unknown,
+        "admitted": len(admitted),
+        "deliveries": len(lost),
+    }
+    if any(result.values()):
+        log.info("sweep: %s", result)
+    return result

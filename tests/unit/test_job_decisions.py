@@ -1,12 +1,11 @@
-"""The pipeline's decisions (worker/jobs/service.py), without Celery, a database or HTTP."""
+"""The pipeline's decisions (worker/jobs/decisions.py), without Celery, a database or HTTP."""
 
 from __future__ import annotations
 
 import pytest
 
 from api_schema import ErrorCode, JobStatus
-from worker.jobs.repository import Overdue
-from worker.jobs.service import (
+from worker.jobs.decisions import (
     DEFAULT_PAUSE,
     PollAnswer,
     SubmitAnswer,
@@ -16,6 +15,7 @@ from worker.jobs.service import (
     split_admitted,
     sweep_action,
 )
+from worker.jobs.repository import Overdue
 from worker.upstream.client import (
     OutcomeUnknownError,
     PermanentError,

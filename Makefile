@@ -57,6 +57,7 @@ compose-config: tools ## validate docker-compose.yml offline
 	IMAGEGEN_FLOWER_BASIC_AUTH=$${IMAGEGEN_FLOWER_BASIC_AUTH:-check:check} \
 	IMAGEGEN_REDIS_PRODUCER_PASSWORD=$${IMAGEGEN_REDIS_PRODUCER_PASSWORD:-check-producer-0123} \
 	IMAGEGEN_REDIS_WORKER_PASSWORD=$${IMAGEGEN_REDIS_WORKER_PASSWORD:-check-worker-0123} \
+	IMAGEGEN_API_TOKENS=$${IMAGEGEN_API_TOKENS:-check:check-token-0123456789abcdef} \
 	docker-compose -f docker-compose.yml config --quiet
 
 clean: ## remove local state (not .venv)

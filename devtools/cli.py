@@ -82,14 +82,44 @@ def bench_utilization(
     utilization(out, output, jobs=jobs, limit=limit, duration=duration, workers=workers)
 
 
+@bench_app.command("api")
+def bench_api(
+    seconds: Annotated[float, typer.Option(help="Measured seconds per cell.")] = 5.0,
+    warmup: Annotated[float, typer.Option(help="Warm-up seconds before each cell.")] = 1.0,
+    clients: Annotated[
+        str, typer.Option(help="Concurrent clients per cell, comma-separated.")
+    ] = "1,16,64",
+    redis_db: Annotated[int, typer.Option(help="Redis db number of the stack.")] = 13,
+    with_worker: Annotated[
+        bool, typer.Option(help="Keep the worker running on this box during the cells.")
+    ] = False,
+    output: BenchOutput = Path("bench-results"),
+) -> None:
+    """HTTP API requests/s and p50/p99 of POST and GET /v1/jobs, vs /healthz of the same server."""
+    from .bench.api import api_bench
+
+    counts = tuple(int(c) for c in clients.split(",") if c.strip())
+    api_bench(
+        out,
+        output,
+        seconds=seconds,
+        warmup=warmup,
+        clients=counts,
+        redis_db=redis_db,
+        with_worker=with_worker,
+    )
+
+
 @bench_app.command("all")
 def bench_all(output: BenchOutput = Path("bench-results")) -> None:
     """Every scenario with its defaults."""
+    from .bench.api import api_bench
     from .bench.scenarios import inflight, throughput, utilization
 
     throughput(out, output)
     utilization(out, output)
     inflight(out, output)
+    api_bench(out, output)
 
 
 def main() -> None:

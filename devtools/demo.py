@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -192,11 +194,23 @@ def run_demo(*, timeout: float, output: Path, console: Console) -> int:
                 },
             )  # fmt: skip
             console.print(f"  replies    a backend's own Celery worker on queue {REPLY_QUEUE}")
+            api_url = f"http://127.0.0.1:{free_port()}"
+            api_token = secrets.token_urlsafe(24)
+            api = sup.start(
+                "api",
+                imagegen_argv("api", "--port", api_url.rsplit(":", 1)[1]),
+                env={**os.environ, "IMAGEGEN_API_TOKENS": f"demo:{api_token}"},
+            )
+            sup.wait_http(api, f"{api_url}/readyz")
+            console.print(f"  http api   {api_url}/v1/jobs (bearer token of tenant 'demo')")
         except StartupError as exc:
             console.print(f"[red]could not start:[/] {exc}")
             return 1
 
-        console.print("[bold]3/4[/] enqueuing jobs by task name (as another backend would)")
+        console.print(
+            "[bold]3/4[/] enqueuing jobs by task name and through the HTTP API "
+            "(as other backends would)"
+        )
         portrait = "data:image/png;base64," + base64.b64encode(portrait_png()).decode()
         labels: dict[str, str] = {}
         expected: dict[str, bool] = {}
@@ -206,8 +220,21 @@ def run_demo(*, timeout: float, output: Path, console: Console) -> int:
             "webhook": {"url": f"http://127.0.0.1:{hook_port}/hooks"},
             "reply_to": {"task": REPLY_TASK, "queue": REPLY_QUEUE},
         }
+        api_http = httpx.Client(
+            base_url=api_url, headers={"Authorization": f"Bearer {api_token}"}, timeout=30
+        )
+        via_api: list[str] = []
         for label, request, ok in demo_requests(portrait):
-            job_id = _send(settings.broker_url, {**request, **channels})
+            if "https ref" in label:  # a backend on another host: POST /v1/jobs
+                answer = api_http.post("/v1/jobs", json={**request, **channels})
+                if answer.status_code != 202:
+                    console.print(f"[red]the API refused the request:[/] {answer.text}")
+                    return 1
+                job_id = answer.json()["id"]
+                via_api.append(job_id)
+                label = f"{label}, via POST /v1/jobs"
+            else:
+                job_id = _send(settings.broker_url, {**request, **channels})
             labels[job_id], expected[job_id] = label, ok
             console.print(f"  {job_id}  {label}")
 
@@ -223,6 +250,8 @@ def run_demo(*, timeout: float, output: Path, console: Console) -> int:
             console.print("[bold]images written:[/]")
             for path in images:
                 console.print(f"  {path}")
+        failures += _fetch_through_api(console, api_http, via_api, output)
+        api_http.close()
         flower_url = f"http://127.0.0.1:{flower_port}"
         console.print(f"Flower was at {flower_url} (user {user!r}); logs in {output / 'logs'}")
         if failures:
@@ -267,6 +296,31 @@ def _show_deliveries(console: Console, output: Path, labels: dict[str, str]) -> 
                             f"reply {'ok' if reply else 'missing'}")  # fmt: skip
     console.print(table)
     return problems
+
+
+def _fetch_through_api(
+    console: Console, http: httpx.Client, job_ids: list[str], output: Path
+) -> list[str]:
+    """Read a job and download its first image through the API, as another host would."""
+    for job_id in job_ids:
+        view = JobView.model_validate(http.get(f"/v1/jobs/{job_id}").json())
+        stored = [i for i in view.images if i.href]
+        if view.status is not JobStatus.SUCCEEDED or not stored:
+            return [f"{job_id}: no stored image to fetch through the API ({view.status.value})"]
+        image = stored[0]
+        assert image.href is not None
+        got = http.get(image.href)
+        digest = hashlib.sha256(got.content).hexdigest()
+        if got.status_code != 200 or digest != image.sha256:
+            return [f"{image.href}: HTTP {got.status_code}, sha256 {digest} != {image.sha256}"]
+        target = output / f"api-image.{image.format}"
+        target.write_bytes(got.content)
+        console.print(
+            f"[bold]image fetched through the API:[/] {http.base_url.join(image.href)}\n"
+            f"  {len(got.content)} bytes, {got.headers['content-type']}, sha256 {digest[:16]}… "
+            f"matches the job's record; saved to {target}"
+        )
+    return []
 
 
 def _send(broker_url: str, request: dict[str, Any]) -> str:

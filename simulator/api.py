@@ -197,7 +197,10 @@ class Simulator:
         task_id: str = request.path_params["task_id"]
         index: int = request.path_params["index"]
         task = self.store.live(task_id, now, self.config.result_ttl_seconds)
-        if task is None or task.status(now) != "success" or index >= task.params.n:
+        if self.roll("file_503", self.config.faults.file_503):
+            return Response(b"busy", 503, media_type="text/plain")
+        gone = self.roll("file_404", self.config.faults.file_404)
+        if gone or task is None or task.status(now) != "success" or index >= task.params.n:
             err = not_found(f"file '{task_id}/{index}.png' not found")
             return Response(error_body(err), 404, media_type="application/json")
         params = task.params

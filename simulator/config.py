@@ -15,6 +15,8 @@ _PROBABILITIES = frozenset(
         "submit_503",
         "query_500",
         "query_503",
+        "file_503",
+        "file_404",
         "rate_burst_429",
         "hang_probability",
         "drop_after_create",
@@ -50,6 +52,9 @@ class Faults:
     drop_after_create: float = 0.0
     malformed_json: float = 0.0
     fail_task: float = 0.0
+    # Result file downloads (the CDN): a passing outage, or a file that is gone for good.
+    file_503: float = 0.0
+    file_404: float = 0.0
     # A hostile or broken upstream: the text a failed task reports (echoing, say, the key
     # it was called with) and the format its results claim; None: the usual ones.
     fail_reason: str | None = None

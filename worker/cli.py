@@ -141,6 +141,36 @@ def flower(
 
 
 @app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Address (IMAGEGEN_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (IMAGEGEN_API_PORT).")] = None,
+    workers: Annotated[int, typer.Option(help="Processes (uvicorn workers).")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log each request.")] = False,
+) -> None:
+    """Run the HTTP API (/v1/jobs) over the same database and broker, with bearer tokens from
+    IMAGEGEN_API_TOKENS (tenant:token pairs)."""
+    settings = _settings()
+    if not settings.api_token_map:
+        err.print("[red]IMAGEGEN_API_TOKENS must name at least one tenant:token[/]")
+        raise typer.Exit(2)
+    _check_database(settings)
+    import uvicorn
+
+    uvicorn.run(
+        "worker.api.app:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers,
+        access_log=access_log,
+        log_level="info",
+        # Behind a proxy the client's address comes from it; never trust it by default.
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+@app.command()
 def simulator(
     host: str = "127.0.0.1",
     port: int = 8900,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,9 +61,46 @@ class Settings(BaseSettings):
     # far below it, or an ETA message would be re-delivered while still waiting.
     visibility_timeout_seconds: int = Field(default=600, ge=10)
 
-    storage_dir: Path | None = Field(
-        default=None, description="Where result images are copied; unset keeps upstream URLs only."
+    storage_backend: Literal["local", "s3", "off"] = Field(
+        default="local",
+        description="Where result images are copied: local files (served by the API), "
+        "S3-compatible object storage, or off (the upstream's expiring URLs only).",
     )
+    storage_dir: Path = Field(
+        default=Path(".imagegen/images"), description="The local store's directory."
+    )
+    s3_bucket: str | None = Field(default=None, description="The S3 store's bucket.")
+    s3_prefix: str = Field(default="", description="A key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible server (MinIO, R2, ...); unset: AWS."
+    )
+    s3_region: str = "us-east-1"
+    storage_url_ttl_seconds: int = Field(
+        default=900, ge=1, le=7 * 24 * 3600, description="Lifetime of signed image URLs."
+    )
+
+    api_tokens: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated tenant:token pairs of the HTTP API's bearer tokens.",
+    )
+    broker_tenant: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+        description="The tenant of jobs that Celery producers send through the broker.",
+    )
+    api_max_body_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        description="Request bodies over this get 413 before they are read.",
+    )
+    api_broker_url: str | None = Field(
+        default=None,
+        description="The broker as the API reaches it: a producer's user, which may only "
+        "push requests (unset: broker_url).",
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
     worker_concurrency: int = Field(default=8, ge=1)
     worker_prefetch_multiplier: int = Field(
         default=4, ge=1, description="Messages a worker reserves per thread (Celery's setting)."
@@ -140,6 +177,20 @@ class Settings(BaseSettings):
                 raise ValueError("IMAGEGEN_WEBHOOK_DEFAULT_URL needs IMAGEGEN_WEBHOOK_SECRETS")
         return self
 
+    @model_validator(mode="after")
+    def _storage_makes_sense(self) -> Self:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("IMAGEGEN_STORAGE_BACKEND=s3 needs IMAGEGEN_S3_BUCKET")
+        self.api_token_map  # noqa: B018 - parses and checks the tokens
+        return self
+
+    @property
+    def api_token_map(self) -> dict[str, str]:
+        """Each API bearer token and the tenant it names."""
+        from .api.auth import parse_tokens
+
+        return parse_tokens(self.api_tokens.get_secret_value() if self.api_tokens else "")
+
     @property
     def delivery_policy(self) -> DeliveryPolicy:
         """The rules webhook URLs and reply queues are checked against."""
@@ -179,6 +230,11 @@ class Settings(BaseSettings):
     def delivery_hold_seconds(self) -> float:
         """How long a claimed delivery attempt may take before the sweeper tries it again."""
         return self.webhook_timeout + 30.0
+
+    @property
+    def api_broker(self) -> str:
+        """The broker URL the API sends requests through."""
+        return self.api_broker_url or self.broker_url
 
     @property
     def limiter_redis_url(self) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -43,7 +44,10 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(SmallInteger, default=5, server_default="5")
     request: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # Who created the job: an API token's tenant, or the broker's (IMAGEGEN_BROKER_TENANT).
+    tenant: Mapped[str] = mapped_column(String(64), server_default="default")
+    # Unique per tenant (uq_jobs_tenant_idempotency_key).
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     # sha256 of the request (api_schema.request_fingerprint): the same id or key with
     # another request is refused, never answered with this job.
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -69,12 +73,17 @@ class Job(Base):
     upstream_request_id: Mapped[str | None] = mapped_column(String(128))
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # An invalid_request's problems: [{"path", "code", "message"}] (api_schema.FieldError).
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
 
     images: Mapped[list[JobImage]] = relationship(
         order_by="JobImage.index", cascade="all, delete-orphan", lazy="raise"
     )
 
     __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        # The API's listing: a tenant's jobs, newest first (keyset pagination).
+        Index("ix_jobs_tenant_created", "tenant", created_at.desc(), id.desc()),
         # Admission: the oldest of the most urgent queued jobs first.
         Index(
             "ix_jobs_queued",
@@ -118,6 +127,12 @@ class JobImage(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     format: Mapped[str] = mapped_column(String(16))
+    # The copy in the result store (worker.storage): its key, checksum, size and type.
+    storage_key: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    content_type: Mapped[str | None] = mapped_column(String(64))
+    # The copy's absolute path, local storage only (kept for readers of earlier versions).
     stored_path: Mapped[str | None] = mapped_column(Text)
 
 

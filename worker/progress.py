@@ -85,7 +85,7 @@ def summary_table(views: dict[str, JobView | None], labels: dict[str, str] | Non
             table.add_row(name, "not accepted yet", "", "", "")
             continue
         sizes = sorted({f"{i.width}x{i.height} {i.format}" for i in job.images})
-        stored = sum(1 for i in job.images if i.stored_path)
+        stored = sum(1 for i in job.images if i.storage_key)
         images = f"{len(job.images)} ({', '.join(sizes)}; {stored} stored)" if job.images else ""
         error = f"{job.error_code.value}: {job.error_message}" if job.error_code else ""
         billed = str(job.billing_amount) if job.billing_amount is not None else ""

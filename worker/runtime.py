@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from redis import Redis
 
 from .config import Settings, get_settings
+from .storage import ResultStore, open_store
 from .upstream.client import ModellixClient
 from .upstream.gate import UpstreamGate
 
@@ -32,6 +33,7 @@ class Runtime:
     gate: UpstreamGate
     redis: Redis
     webhooks: httpx.Client
+    store: ResultStore | None  # where result images are copied (None: not copied)
 
     def close(self) -> None:
         """Close the connection pools."""
@@ -87,4 +89,5 @@ def build_runtime(settings: Settings) -> Runtime:
             follow_redirects=False,
             trust_env=False,
         ),
+        store=open_store(settings),
     )

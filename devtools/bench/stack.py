@@ -38,6 +38,7 @@ class LocalStack:
     worker_env: dict[str, str] = field(default_factory=dict)
     sim: Proc | None = None
     workers: list[Proc] = field(default_factory=list)
+    apis: dict[str, Proc] = field(default_factory=dict)
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
     _engine: Engine | None = field(default=None, repr=False)
 
@@ -134,6 +135,24 @@ class LocalStack:
         )
         self.workers.append(proc)
         return proc
+
+    def start_api(self, tokens: Mapping[str, str], name: str = "api", **env: str) -> str:
+        """Start ``imagegen api`` with ``{tenant: token}``; its base URL once it is ready."""
+        port = free_port()
+        pairs = ",".join(f"{tenant}:{token}" for tenant, token in tokens.items())
+        proc = self.sup.start(
+            name,
+            imagegen_argv("api", "--port", str(port)),
+            env=self.env(IMAGEGEN_API_TOKENS=pairs, **env),
+        )
+        url = f"http://127.0.0.1:{port}"
+        self.sup.wait_http(proc, f"{url}/readyz")
+        self.apis[url] = proc
+        return url
+
+    def stop_api(self, url: str) -> None:
+        """Stop the API that ``start_api`` started at ``url``."""
+        self.apis.pop(url).stop()
 
     def stop_workers(self) -> None:
         """Stop every worker (warm shutdown)."""

@@ -8,7 +8,6 @@ import base64
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from api_schema import DeliveryState, ErrorCode, JobStatus, JobView
 from devtools.procs import Proc, free_port, imagegen_argv
 from tests.fault.conftest import FAULT_ENV
 from tests.harness import Stack, request
+from tests.nodejs import node_binary
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -345,12 +345,7 @@ def test_redis_flushed_with_deliveries_pending_loses_none(
 
 
 def _node(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    node = shutil.which("node")
-    assert node is not None, "Node.js is needed (the python-svc machine has it)"
-    if not (REPO / "tests" / "node" / "node_modules").exists():
-        subprocess.run(
-            ["npm", "ci", "--prefix", str(REPO / "tests" / "node")], check=True, timeout=300
-        )
+    node = node_binary()
     return subprocess.run(
         [node, str(REPO / "tests" / "node" / script), *args],
         capture_output=True,

@@ -315,6 +315,44 @@ def test_api_key_and_flower_password_leak_nowhere(live: Stack, flower: Flower) -
         expected[job_id] = (status, code)
         live.sim_reset()
 
+    # --- the HTTP API: a job through it, every kind of answer, its log -----------------------
+    token = f"audit-token-{secrets.token_hex(16)}"
+    needles["HTTP API token"] = token
+    api = live.start_api({"audit": token})
+    api_proc = live.apis[api]
+    assert API_KEY.encode() in Path(f"/proc/{api_proc.popen.pid}/environ").read_bytes()
+    answers: list[str] = []
+    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {token}"}) as http:
+        posted = http.post("/v1/jobs", json=request(), headers={"Idempotency-Key": "audit-1"})
+        assert posted.status_code == 202, posted.text
+        via_api = posted.json()["id"]
+        job = live.wait_ended([via_api], timeout=30)[via_api]
+        assert job.status is JobStatus.SUCCEEDED, job.error_message
+        expected[via_api] = (JobStatus.SUCCEEDED, None)
+        image = http.get(f"/v1/jobs/{via_api}/images/0")
+        assert image.status_code == 200
+        answers += [posted.text, str(image.headers)]
+        for method, path in (
+            ("GET", f"/v1/jobs/{via_api}"),
+            ("GET", "/v1/jobs?limit=200"),
+            ("POST", f"/v1/jobs/{via_api}/cancel"),
+            ("GET", "/readyz"),
+            ("GET", "/v1/openapi.json"),
+            ("GET", f"/v1/jobs/{in_flight}"),  # another tenant's: 404
+        ):
+            response = http.request(method, path)
+            assert response.status_code < 500, (path, response.status_code)
+            answers += [response.text, str(response.headers)]
+        for bad in ("Bearer " + token[:-1], "Bearer " + token.upper(), "Basic " + token):
+            refused = httpx.get(f"{api}/v1/jobs", headers={"Authorization": bad})
+            assert refused.status_code == 401
+            answers += [refused.text, str(refused.headers)]
+        invalid = http.post("/v1/jobs", json={"prompt": API_KEY, "subject_reference_images": []})
+        assert invalid.status_code == 422
+        # The refusal names the field, never echoes the value (which may be anything).
+        answers.append(invalid.text)
+    hits += _find(needles, "the HTTP API's answers", answers)
+
     # --- Flower saw all of it ------------------------------------------------------------------
     def flower_tasks() -> dict[str, Any] | None:
         tasks = cast(dict[str, Any], client.get("/api/tasks").json())
@@ -360,18 +398,26 @@ def test_api_key_and_flower_password_leak_nowhere(live: Stack, flower: Flower) -
     texts, _ = _redis_dump(redis)
     hits += _find(needles, "Redis after the jobs", texts)
     hits += _find(needles, "the database", _db_dump(live))
-    for proc in (worker, flower_proc, live.sim):
+    for proc in (worker, flower_proc, live.sim, api_proc):
         log = proc.log_path.read_text(errors="replace")
         assert log.strip(), f"{proc.name} wrote no log at {proc.log_path}"
         hits += _find(needles, f"{proc.name}'s log", log.splitlines())
 
     # --- nothing secret in any argv of the stack's processes (what `ps` shows) --------------
     leaders = [p.popen.pid for p in live.sup.procs if p.alive()]
-    assert {worker.popen.pid, flower_proc.popen.pid, live.sim.popen.pid} <= set(leaders)
+    assert {worker.popen.pid, flower_proc.popen.pid, live.sim.popen.pid, api_proc.popen.pid} <= set(
+        leaders
+    )
     cmdlines = _cmdlines(_session_members(leaders))
-    for proc, word in ((worker, "worker"), (flower_proc, "flower"), (live.sim, "simulator")):
+    for proc, word in (
+        (worker, "worker"),
+        (flower_proc, "flower"),
+        (live.sim, "simulator"),
+        (api_proc, "api"),
+    ):
         assert word in cmdlines.get(proc.popen.pid, ""), (proc.name, cmdlines)
     for pid, line in cmdlines.items():
         hits += _find(needles, f"argv of pid {pid}", [line])
 
+    live.stop_api(api)
     assert not hits, "secret leaked:\n" + "\n".join(hits)

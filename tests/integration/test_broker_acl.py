@@ -9,7 +9,6 @@ requests through by every documented route, and be refused everything else.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -37,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from api_schema import GENERATE_TASK, REQUESTS_QUEUE
+from api_schema.message import generate_message
 from api_schema.names import MAINTENANCE_QUEUE, UPSTREAM_QUEUE
 from api_schema.producer import enqueue
 from devtools.procs import free_port, imagegen_argv
@@ -146,37 +146,6 @@ def producer(users: Users) -> Iterator[Redis]:
         client.close()
 
 
-def raw_envelope(job_id: str, body: object) -> dict[str, Any]:
-    """What a producer without Celery LPUSHes: kombu's Redis framing of a protocol-2 task."""
-    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    payload = json.dumps([[], {"request": body}, embed]).encode()
-    return {
-        "body": base64.b64encode(payload).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py",
-            "task": GENERATE_TASK,
-            "id": job_id,
-            "root_id": job_id,
-            "parent_id": None,
-            "group": None,
-            "retries": 0,
-            "eta": None,
-            "expires": None,
-            "timelimit": [None, None],
-        },
-        "properties": {
-            "correlation_id": job_id,
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": REQUESTS_QUEUE},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-
-
 # --- what the producer and the workers can do ------------------------------------------------
 
 
@@ -196,7 +165,8 @@ def test_producer_requests_reach_a_worker_that_runs_as_the_workers_user(
         plain.close()
 
     via_lpush = str(uuid.uuid4())
-    assert producer.lpush(REQUESTS_QUEUE, json.dumps(raw_envelope(via_lpush, request())))
+    # what a producer without Celery LPUSHes (api_schema.message, the example's builder)
+    assert producer.lpush(REQUESTS_QUEUE, json.dumps(generate_message(request(), via_lpush)))
 
     ended = stack.wait_ended([via_helper, via_celery, via_lpush])
     assert {job: view.status.value for job, view in ended.items()} == {
@@ -208,6 +178,33 @@ def test_producer_requests_reach_a_worker_that_runs_as_the_workers_user(
     # The worker really logged in as the workers' user, and its limiter ran (Lua, TIME, ZADD).
     assert any(c.get("user") == users.worker for c in admin.client_list())
     assert admin.zcard(LIMITER_KEYS[0]) > 0
+
+
+def test_the_api_needs_only_the_producer_user(acl_worker: Stack, users: Users) -> None:
+    """As compose runs it: the API's broker connection logs in as the producer user."""
+    token = secrets.token_urlsafe(24)
+    api = acl_worker.start_api(
+        {"acme": token}, name="acl-api", IMAGEGEN_BROKER_URL=users.producer_url
+    )
+    ready = httpx.get(f"{api}/readyz", timeout=10).json()
+    assert ready["checks"]["broker"] == "ok"
+    answer = httpx.post(
+        f"{api}/v1/jobs",
+        json=request(),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    ended = acl_worker.wait_ended([job_id])
+    assert ended[job_id].status.value == "succeeded"
+    # The job would also run from the sweeper's admission: the API's own log says whether
+    # its publish, as the producer user, went through.
+    log = acl_worker.apis[api].log_tail(500)
+    acl_worker.stop_api(api)
+    assert "was not sent" not in log, log
+    admin = acl_worker.redis()
+    assert any(c.get("user") == users.producer for c in admin.client_list())
 
 
 def _refused(call: Callable[[], object]) -> str:

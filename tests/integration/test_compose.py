@@ -27,16 +27,18 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-SERVICES = {"redis", "postgres", "migrate", "simulator", "worker", "beat", "flower"}
+SERVICES = {"redis", "postgres", "migrate", "simulator", "worker", "beat", "api", "flower"}
 APP_SERVICES = SERVICES - {"redis", "postgres"}
 FLOWER_AUTH = "tester:not-a-real-password"
 PRODUCER_PASSWORD = "producer-Pw.not_real~0123"
 WORKER_PASSWORD = "worker-Pw.not_real~4567"
+API_TOKENS = "acme:not-a-real-token-0123456789"
 #: What `docker compose up` requires (the `${VAR:?...}` of the file); nothing else is set.
 REQUIRED_ENV = {
     "IMAGEGEN_FLOWER_BASIC_AUTH": FLOWER_AUTH,
     "IMAGEGEN_REDIS_PRODUCER_PASSWORD": PRODUCER_PASSWORD,
     "IMAGEGEN_REDIS_WORKER_PASSWORD": WORKER_PASSWORD,
+    "IMAGEGEN_API_TOKENS": API_TOKENS,
 }
 REDIS_DEPLOY = ROOT / "deploy" / "redis"
 # Variables a developer's shell may hold that would change what the file resolves to.
@@ -255,6 +257,23 @@ def test_flower_requires_basic_auth(compose: Compose, services: dict[str, dict[s
     assert _command(flower)[:3] == ["flower", "--address", "0.0.0.0"]
 
 
+def test_api_is_healthchecked_and_pushes_requests_as_the_producer(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    api = services["api"]
+    assert _command(api)[:3] == ["api", "--host", "0.0.0.0"]
+    assert "/readyz" in _healthcheck(api)
+    env = _environment(api)
+    assert env["IMAGEGEN_API_TOKENS"] == API_TOKENS
+    broker = urlsplit(env["IMAGEGEN_BROKER_URL"])
+    assert (broker.username, broker.password) == ("imagegen-producer", PRODUCER_PASSWORD)
+    assert WORKER_PASSWORD not in json.dumps(api), "the API needs no more than a producer"
+    assert _mounts(api)["/data/images"][1] == "ro", "the API only reads the images"
+    assert _mounts(api)["/data/images"][0] == _mounts(services["worker"])["/data/images"][0]
+    assert any(str(p).split("/")[0].endswith(":8000") for p in api.get("ports", []))
+    assert _conditions(api).get("migrate") == "service_completed_successfully"
+
+
 @pytest.mark.parametrize("variable", sorted(REQUIRED_ENV))
 def test_config_fails_without_a_required_variable(compose: Compose, variable: str) -> None:
     env = {k: v for k, v in REQUIRED_ENV.items() if k != variable}
@@ -315,7 +334,7 @@ def test_redis_healthcheck_logs_in_without_the_password_in_argv(
 
 
 def test_app_services_log_in_as_the_workers_user(services: dict[str, dict[str, Any]]) -> None:
-    for name in sorted(APP_SERVICES - {"simulator"}):
+    for name in sorted(APP_SERVICES - {"simulator", "api"}):  # the API is a producer
         env = _environment(services[name])
         for key in ("IMAGEGEN_BROKER_URL", "IMAGEGEN_REDIS_URL"):
             if key not in env:
@@ -325,9 +344,9 @@ def test_app_services_log_in_as_the_workers_user(services: dict[str, dict[str, A
                 f"{name}: {key}"
             )
             assert (url.hostname, url.port) == ("redis", 6379), f"{name}: {key}"
-    # Only Redis knows the producer password: producers live outside this project.
+    # Only Redis and the API know the producer password: other producers live elsewhere.
     holders = [name for name, s in services.items() if PRODUCER_PASSWORD in json.dumps(s)]
-    assert holders == ["redis"], holders
+    assert holders == ["api", "redis"], holders
 
 
 def test_redis_passwords_are_not_hard_coded(compose: Compose) -> None:
@@ -337,7 +356,8 @@ def test_redis_passwords_are_not_hard_coded(compose: Compose) -> None:
             if "IMAGEGEN_REDIS_" in key and key.endswith("_PASSWORD"):
                 assert re.fullmatch(rf"\$\{{{key}:\?[^}}]*\}}", value), f"{name}: {key}={value}"
             if key in {"IMAGEGEN_BROKER_URL", "IMAGEGEN_REDIS_URL"}:
-                assert "${IMAGEGEN_REDIS_WORKER_PASSWORD:?" in value, f"{name}: {key}={value}"
+                user = "PRODUCER" if name == "api" else "WORKER"
+                assert f"${{IMAGEGEN_REDIS_{user}_PASSWORD:?" in value, f"{name}: {key}={value}"
 
 
 def test_modellix_api_key_is_not_hard_coded(compose: Compose) -> None:

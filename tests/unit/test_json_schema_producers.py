@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +20,23 @@ from pydantic import ValidationError
 from api_schema import MAX_METADATA_DEPTH, MAX_REQUEST_BYTES, MAX_URL_CHARS, GenerationRequest
 from api_schema import models as api_models
 from api_schema.jsonschema import SCHEMA_DIR
+from tests.nodejs import node_binary
 
 SCHEMA = json.loads((SCHEMA_DIR / "generation_request.schema.json").read_text())
 KWARGS = json.loads((SCHEMA_DIR / "generate_task_kwargs.schema.json").read_text())
 URL = "https://example.com/a.jpg"
 PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(16)).decode()
 JPEG_B64 = base64.b64encode(b"\xff\xd8\xff\xe0" + bytes(16)).decode()
+# A whole 1x1 PNG ("==" padding) and a raw JPEG (FF D8 FF DB, "=" padding).
+PNG_1PX = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ"
+    "AAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+JPEG_RAW_B64 = base64.b64encode(b"\xff\xd8\xff\xdb" + bytes(15)).decode()
+# Formats the worker does not take: GIF ("R0lGOD...") and WEBP ("UklGR" ... "XRUJQ").
+GIF_B64 = base64.b64encode(b"GIF89a" + bytes(16)).decode()
+WEBP_B64 = base64.b64encode(b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(8)).decode()
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
 
 def test_schemas_are_valid_json_schema() -> None:
@@ -77,6 +89,18 @@ GOOD: list[dict[str, Any]] = [
     image("DATA:IMAGE/PNG;BASE64," + PNG_B64),
     image("Data:Image/Jpeg;Base64," + JPEG_B64),
     image("data:image/png;base64,iVBORw0KGgo="),
+    image("data:image/png;base64," + PNG_1PX),
+    image("data:image/jpeg;base64," + JPEG_RAW_B64),
+    image("data:IMAGE/png;Base64," + PNG_1PX),
+    image("data:image/JPEG;base64," + JPEG_RAW_B64),
+    # aspect_ratio wins over width/height, which still come together
+    {
+        "prompt": "x",
+        "subject_reference_images": [URL],
+        "aspect_ratio": "1:1",
+        "width": 2048,
+        "height": 512,
+    },
 ]
 BAD: list[dict[str, Any]] = [
     {"subject_reference_images": [URL]},
@@ -103,6 +127,14 @@ BAD: list[dict[str, Any]] = [
     # width and height: a null partner is no partner
     {"prompt": "x", "subject_reference_images": [URL], "width": 512, "height": None},
     {"prompt": "x", "subject_reference_images": [URL], "width": None, "height": 512},
+    {
+        "prompt": "x",
+        "subject_reference_images": [URL],
+        "aspect_ratio": "1:1",
+        "width": 512,
+        "height": None,
+    },
+    {"prompt": "x", "subject_reference_images": [URL], "aspect_ratio": "1:1", "height": 512},
     # prompts with nothing visible
     {"prompt": " ", "subject_reference_images": [URL]},
     {"prompt": " \t\r\n\x0b\x0c\x1c\x85\xa0\u2003\u2028\u3000", "subject_reference_images": [URL]},
@@ -120,6 +152,11 @@ BAD: list[dict[str, Any]] = [
     {"prompt": "x", "subject_reference_images": [URL], "metadata": {"k": ["ok", "a\x00"]}},
     {"prompt": "x", "subject_reference_images": [URL], "metadata": {"a": {"\x00": 1}}},
     {"prompt": "x", "subject_reference_images": [URL], "metadata": {"a": "\ud800"}},
+    # webhook URLs: user info, no host
+    *(
+        {"prompt": "x", "subject_reference_images": [URL], "webhook": {"url": hook}}
+        for hook in ("https://user@host.example/", "https:///x", "https://:443/x")
+    ),
     # reference URLs: user info
     image("https://user:password@example.com/a.jpg"),
     image("https://user@example.com/a.jpg"),
@@ -217,6 +254,16 @@ BAD: list[dict[str, Any]] = [
     image("data:image/png;base64,iVBORw0K Ggo="),
     image("data:image/png," + PNG_B64),
     image("data:image/jpg;base64," + JPEG_B64),
+    # a declared media type whose bytes are another format: GIF or WEBP bytes, or the other kind
+    image("data:image/png;base64," + GIF_B64),
+    image("DATA:IMAGE/PNG;BASE64," + GIF_B64),
+    image("data:image/jpeg;base64," + GIF_B64),
+    image("data:image/png;base64," + WEBP_B64),
+    image("data:image/jpeg;base64," + PNG_1PX),
+    # media types the worker does not take, whatever the bytes
+    image("data:image/gif;base64," + GIF_B64),
+    image("data:image/webp;base64," + WEBP_B64),
+    image("data:image/webp;base64," + PNG_1PX),
 ]
 
 
@@ -374,6 +421,98 @@ def test_patterns_run_on_megabytes_in_ecmascript() -> None:
     ):
         python = re.search(pattern, head + repeated * count + tail) is not None
         assert answers == [python, python], pattern[:40]
+
+
+# --------------------------------------------------------------------------------------
+# ajv, as a Node.js producer validates: the same answers as the model on the same corpus
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ajv_node() -> str:
+    """``node``, with ``ajv`` installed in tests/node."""
+    return node_binary()
+
+
+def _ajv(node: str, values: list[Any]) -> list[list[bool | str]]:
+    """For each of the request and kwargs schemas, ajv's answer for each value: True, or
+    its first error."""
+    result = subprocess.run(
+        [
+            node,
+            str(NODE_DIR / "validate_schema.mjs"),
+            str(SCHEMA_DIR / "generation_request.schema.json"),
+            str(SCHEMA_DIR / "generate_task_kwargs.schema.json"),
+        ],
+        input=json.dumps(values),  # ensure_ascii: lone surrogates survive
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # no strict-mode warnings either
+    answers: list[list[bool | str]] = json.loads(result.stdout)
+    return answers
+
+
+def _model_accepts(body: dict[str, Any]) -> bool:
+    try:
+        GenerationRequest.model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+def test_ajv_and_the_model_agree_on_the_corpus(ajv_node: str) -> None:
+    bodies = GOOD + BAD
+    requests, kwargs = _ajv(ajv_node, [*bodies, *({"request": body} for body in bodies)])
+    answers = requests[: len(bodies)]
+    wrapped = kwargs[len(bodies) :]
+    for body, expected, answer, wrapped_answer in zip(
+        bodies, [True] * len(GOOD) + [False] * len(BAD), answers, wrapped, strict=True
+    ):
+        assert _model_accepts(body) is expected, body
+        assert (answer is True) is expected, (body, answer)
+        assert (wrapped_answer is True) is expected, (body, wrapped_answer)
+
+
+def test_ajv_refuses_the_known_gaps(ajv_node: str) -> None:
+    # what passed ajv once while the worker refused it
+    width_only = {"prompt": "x", "subject_reference_images": [URL], "width": 512, "height": None}
+    png_with_gif_bytes = image("data:image/png;base64," + GIF_B64)
+    assert GIF_B64.startswith("R0lGOD")
+    (answers, _) = _ajv(ajv_node, [width_only, png_with_gif_bytes])
+    assert answers[0] == "/height must NOT be valid"
+    assert str(answers[1]).startswith("/subject_reference_images/0 must match pattern")
+    for body in (width_only, png_with_gif_bytes):
+        assert not _model_accepts(body)
+
+
+def test_ajv_and_the_model_agree_at_the_10_mb_boundary(ajv_node: str) -> None:
+    # The largest data URL whose image is under 10 MB, and one base64 quantum more: ajv must
+    # answer (not throw on a megabytes-long pattern match) and agree with the model.
+    limit = api_models.DATA_URL_MAX_CHARS["png"]
+    head = "data:image/png;base64,iVBORw0KGgo"
+    largest = head + "A" * (limit - len(head) - 1) + "="
+    assert len(largest) == limit
+    too_big = largest[:-1] + "AAAA="
+    bodies = [image(largest), image(too_big)]
+    (answers, _) = _ajv(ajv_node, bodies)
+    assert answers[0] is True
+    assert answers[1] is not True
+    assert [_model_accepts(body) for body in bodies] == [True, False]
+
+
+def test_schema_cannot_tell_an_integer_from_a_whole_float() -> None:
+    # JSON Schema's "integer" is any whole number, 2.0 and 2e0 included (and ajv never sees
+    # the difference: JSON.parse makes both 2); the model takes JSON integers only, so
+    # producers must write integers without a fraction or an exponent.
+    body = {"prompt": "x", "subject_reference_images": [URL], "n": 2.0}
+    assert list(Draft202012Validator(SCHEMA).iter_errors(body)) == []
+    assert not _model_accepts(body)
+    assert not _model_accepts(
+        json.loads('{"prompt": "x", "subject_reference_images": ["' + URL + '"], "n": 2e0}')
+    )
 
 
 def test_visible_text_pattern_is_python_whitespace_plus_zero_width() -> None:

@@ -69,4 +69,10 @@ def test_devtools_cli_has_demo_and_bench() -> None:
 
     commands = _commands(app)
     assert {"demo", "bench"} <= set(commands)
-    assert set(_subcommands(commands["bench"])) == {"throughput", "inflight", "utilization", "all"}
+    assert set(_subcommands(commands["bench"])) == {
+        "throughput",
+        "inflight",
+        "utilization",
+        "api",
+        "all",
+    }

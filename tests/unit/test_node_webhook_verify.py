@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.nodejs import node_binary
 from worker.delivery.webhooks import Outcome, WebhookConfig, send
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
@@ -29,23 +29,10 @@ EVENT = {
     "data": {"id": "j1", "prompt": "un café ☕ «déjà vu»", "n": 2},
 }
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or shutil.which("npm") is None, reason="needs node and npm"
-)
-
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    if not (NODE_DIR / "node_modules" / "standardwebhooks").is_dir():
-        subprocess.run(
-            ["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    path = shutil.which("node")
-    assert path is not None
-    return path
+    return node_binary()
 
 
 @pytest.fixture(scope="module")

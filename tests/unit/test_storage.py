@@ -1,5 +1,5 @@
-"""Unit tests of the result-image copier (``worker/storage/local.py``): paths never come from raw
-input. Downloads go through an ``httpx.MockTransport``: no network."""
+"""Unit tests of the result-image copier (``worker/storage``) into the local store: paths never
+come from raw input. Downloads go through an ``httpx.MockTransport``: no network."""
 
 from __future__ import annotations
 
@@ -9,10 +9,34 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker.storage.local import MAX_IMAGE_BYTES, StorageError, image_path, job_dir, store_image
+from worker.storage import (
+    MAX_IMAGE_BYTES,
+    LocalStore,
+    StorageError,
+    copy_image,
+    image_key,
+    job_prefix,
+    sniff,
+)
 
 URL = "https://file.modellix.test/aigc/image/abc.png"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
+
+
+def store_image(
+    http: httpx.Client, root: Path, job_id: str, index: int, url: str, fmt: str
+) -> Path:
+    copy = copy_image(http, LocalStore(root), job_id, index, url, fmt)
+    assert copy.path is not None
+    return copy.path
+
+
+def job_dir(root: Path, job_id: str) -> Path:
+    return root / job_prefix(job_id)
+
+
+def image_path(root: Path, job_id: str, index: int, fmt: str) -> Path:
+    return LocalStore(root).path(image_key(job_id, index, fmt))
 
 
 def downloads(content: bytes = PNG, status: int = 200) -> tuple[httpx.Client, list[str]]:
@@ -110,34 +134,77 @@ def test_symlinked_fanout_leading_out_of_root_is_refused(tmp_path: Path) -> None
     root.mkdir()
     outside.mkdir()
     (root / job_dir(root, "job-1").parent.name).symlink_to(outside)
-    http, seen = downloads()
+    http, _ = downloads()
     with pytest.raises(StorageError, match="leaves the storage directory"):
         store_image(http, root, "job-1", 0, URL, "png")
-    assert seen == []
     assert list(outside.iterdir()) == []
 
 
-def test_copy_is_idempotent(tmp_path: Path) -> None:
+def test_copy_again_replaces_the_first_and_reports_what_it_stored(tmp_path: Path) -> None:
     http, seen = downloads()
-    first = store_image(http, tmp_path, "job-1", 1, URL, "webp")
-    again = store_image(http, tmp_path, "job-1", 1, URL, "webp")
+    store = LocalStore(tmp_path)
+    first = copy_image(http, store, "job-1", 1, URL, "webp")
+    again = copy_image(http, store, "job-1", 1, URL, "webp")
     assert first == again
-    assert seen == [URL]
-    assert sorted(p.name for p in first.parent.iterdir()) == ["1.webp"]
+    assert seen == [URL, URL]  # a retry downloads again: nothing half-known is trusted
+    assert first.path is not None
+    assert sorted(p.name for p in first.path.parent.iterdir()) == ["1.webp"]
+    assert first.sha256 == hashlib.sha256(PNG).hexdigest()
+    assert first.size_bytes == len(PNG)
+    assert first.content_type == "image/png"  # from the bytes, not the upstream's word
+    assert b"".join(store.open(first.key)) == PNG
+
+
+def test_bytes_that_are_no_image_are_refused_for_good(tmp_path: Path) -> None:
+    http, _ = downloads(content=b"<html>not found</html>")
+    with pytest.raises(StorageError, match="not an image") as caught:
+        store_image(http, tmp_path, "job-1", 0, URL, "png")
+    assert caught.value.permanent
+
+
+@pytest.mark.parametrize(("status", "permanent"), [(404, True), (403, True), (503, False),
+                                                   (500, False), (429, False)])  # fmt: skip
+def test_which_http_answers_are_worth_asking_again(
+    tmp_path: Path, status: int, permanent: bool
+) -> None:
+    http, _ = downloads(status=status)
+    with pytest.raises(StorageError) as caught:
+        store_image(http, tmp_path, "job-1", 0, URL, "png")
+    assert caught.value.permanent is permanent
+
+
+@pytest.mark.parametrize(
+    ("data", "media_type"),
+    [
+        (PNG, "image/png"),
+        (b"\xff\xd8\xff\xe0" + bytes(8), "image/jpeg"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "image/webp"),
+        (b"GIF89a" + bytes(8), "image/gif"),
+        (b"RIFF\x10\x00\x00\x00WAVEfmt ", None),
+        (b"", None),
+    ],
+)
+def test_sniff(data: bytes, media_type: str | None) -> None:
+    assert sniff(data) == media_type
+
+
+def test_a_missing_copy_is_a_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="no such copy"):
+        LocalStore(tmp_path).open(image_key("job-1", 0, "png"))
 
 
 def test_http_error_status_is_a_storage_error_and_leaves_no_file(tmp_path: Path) -> None:
     http, _ = downloads(status=404)
     with pytest.raises(StorageError, match="HTTP 404"):
         store_image(http, tmp_path, "job-1", 0, URL, "png")
-    assert list(job_dir(tmp_path, "job-1").iterdir()) == []
+    assert not job_dir(tmp_path, "job-1").exists()
 
 
 def test_oversized_image_is_refused_and_leaves_no_part_file(tmp_path: Path) -> None:
     http, _ = downloads(content=bytes(MAX_IMAGE_BYTES + 1))
     with pytest.raises(StorageError, match="larger than"):
         store_image(http, tmp_path, "job-1", 0, URL, "png")
-    assert list(job_dir(tmp_path, "job-1").iterdir()) == []
+    assert not job_dir(tmp_path, "job-1").exists()
 
 
 @pytest.mark.parametrize("url", ["ftp://x.test/a.png", "https://[::1/a.png"])

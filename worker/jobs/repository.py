@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final, cast
+from urllib.parse import quote
 
 from pydantic import ValidationError
 from sqlalchemy import (
@@ -36,21 +37,26 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, selectinload
 
 from api_schema import (
+    DeliveryView,
     ErrorCode,
+    FieldError,
     GenerationRequest,
     ImageView,
     JobStatus,
     JobView,
     describe_validation_error,
+    field_errors,
+    problem_errors,
     request_fingerprint,
 )
 from worker.delivery import outbox, targets
 from worker.delivery.targets import DeliveryPolicy
-from worker.models import DroppedMessage, Job, JobAlias
+from worker.models import DroppedMessage, Job, JobAlias, JobImage
 from worker.states import HOLDING_SLOT, LIVE, POLLED, TERMINAL, TRANSITIONS
 
 S = JobStatus
@@ -67,6 +73,7 @@ ACTOR: ContextVar[str | None] = ContextVar("imagegen_actor", default=None)
 J = cast(Table, Job.__table__)
 A = cast(Table, JobAlias.__table__)
 D = cast(Table, DroppedMessage.__table__)
+I = cast(Table, JobImage.__table__)  # noqa: E741
 
 
 def _later(name: str) -> ColumnElement[datetime]:
@@ -79,9 +86,9 @@ def _later(name: str) -> ColumnElement[datetime]:
 # is already an idempotency alias never becomes a job of its own (it would shadow the alias).
 _INSERT_JOB: Final = text(
     "WITH job AS (INSERT INTO jobs (id, status, priority, request, idempotency_key, metadata, "
-    "request_hash, deliver_to, deadline_at, next_check_at) SELECT CAST(:p_id AS varchar), "
-    "'queued', :p_priority, :p_request, :p_key, :p_metadata, :p_hash, :p_deliver, "
-    "now() + :p_deadline, now() "
+    "request_hash, deliver_to, tenant, deadline_at, next_check_at) SELECT "
+    "CAST(:p_id AS varchar), 'queued', :p_priority, :p_request, :p_key, :p_metadata, :p_hash, "
+    ":p_deliver, :p_tenant, now() + :p_deadline, now() "
     "WHERE NOT EXISTS (SELECT 1 FROM job_aliases WHERE alias_id = CAST(:p_id AS varchar)) "
     "ON CONFLICT DO NOTHING RETURNING id) "
     "INSERT INTO job_events (job_id, from_status, to_status, worker) "
@@ -96,15 +103,16 @@ _INSERT_JOB: Final = text(
 # It ends at once, so its outbox rows are written by the same statement.
 _INSERT_INVALID: Final = text(
     "WITH job AS (INSERT INTO jobs (id, status, deadline_at, finished_at, error_code, "  # noqa: S608
-    "error_message, request_hash, deliver_to) SELECT CAST(:p_id AS varchar), 'failed', now(), "
-    "now(), :p_code, :p_message, :p_hash, :p_deliver WHERE NOT EXISTS (SELECT 1 FROM "
+    "error_message, errors, request_hash, deliver_to, tenant) SELECT CAST(:p_id AS varchar), "
+    "'failed', now(), now(), :p_code, :p_message, :p_errors, :p_hash, :p_deliver, :p_tenant "
+    "WHERE NOT EXISTS (SELECT 1 FROM "
     "job_aliases WHERE alias_id = CAST(:p_id AS varchar)) ON CONFLICT DO NOTHING "
     "RETURNING id AS job_id, deliver_to), "
     "logged AS (INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
     "SELECT job_id, NULL, 'failed', :p_detail, :p_worker FROM job), "
     + outbox.INSERT_ROWS.format(source="job")
     + " SELECT job_id, ARRAY(SELECT id FROM outbox) FROM job"
-).bindparams(bindparam("p_deliver", type_=JSONB))
+).bindparams(bindparam("p_deliver", type_=JSONB), bindparam("p_errors", type_=JSONB))
 _BEGIN_SUBMIT: Final = (
     update(J)
     .where(
@@ -182,10 +190,12 @@ def _assignment(column: str, value: object, params: dict[str, Any]) -> str:
 
 _IMAGES_CTE: Final = (
     ", stored AS (INSERT INTO job_images "
-    "(job_id, index, url, width, height, format, stored_path) "
-    "SELECT :job_id, r.index, r.url, r.width, r.height, r.format, r.stored_path FROM moved, "
+    "(job_id, index, url, width, height, format, storage_key, sha256, size_bytes, content_type, "
+    "stored_path) SELECT :job_id, r.index, r.url, r.width, r.height, r.format, r.storage_key, "
+    "r.sha256, r.size_bytes, r.content_type, r.stored_path FROM moved, "
     "jsonb_to_recordset(:images) AS r(index integer, url text, width integer, height integer, "
-    "format text, stored_path text))"
+    "format text, storage_key text, sha256 text, size_bytes bigint, content_type text, "
+    "stored_path text))"
 )
 
 
@@ -296,6 +306,17 @@ class Accepted:
     created: bool  # False for a redelivery, a reused idempotency key or a refused reuse
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """The idempotency key already stands for another request of the same tenant."""
+
+    job_id: str  # the job the key stands for
+
+
+#: Every request reaching ``accept`` that cannot be validated ends as such a job.
+DEFAULT_TENANT: Final = "default"
+
+
 def accept(
     session: Db,
     message_id: str,
@@ -303,6 +324,7 @@ def accept(
     *,
     default_deadline_seconds: int,
     policy: DeliveryPolicy = NO_POLICY,
+    tenant: str = DEFAULT_TENANT,
 ) -> Accepted:
     """Validate one request and record it as a queued job, or as a failed one if invalid.
 
@@ -312,24 +334,30 @@ def accept(
     existing job and create nothing; the same key with another request is refused. The
     insert comes first: a new job costs one statement.
     """
-    problem: str | None = None
+    errors: list[FieldError] | None = None
+    problem: str | None
     try:
         if not isinstance(raw, dict):
             raise TypeError(type(raw).__name__)
         request = GenerationRequest.model_validate(raw)
     except ValidationError as exc:
+        errors = field_errors(exc)
         problem = describe_validation_error(exc)
     except TypeError as exc:
         problem = f"request: must be a JSON object, got {exc}"
     except (ValueError, RecursionError) as exc:
         problem = f"request: could not be validated ({type(exc).__name__})"
+    else:
+        problem = None
     if problem is not None:
         return record_invalid(
             session,
             message_id,
             problem,
+            errors=errors,
             request_hash=raw_fingerprint(raw),
             deliver_to=targets.for_raw(raw, policy),
+            tenant=tenant,
         )
     fingerprint = request_fingerprint(request)
     deliver_to, problem = targets.for_request(request, policy)
@@ -338,26 +366,21 @@ def accept(
             session,
             message_id,
             problem,
+            errors=problem_errors(problem, "invalid_target"),
             request_hash=fingerprint,
             deliver_to=targets.for_raw(raw, policy),
+            tenant=tenant,
         )
-    deadline = request.deadline_seconds or default_deadline_seconds
     try:
-        inserted = _run(
+        created = create(
             session,
-            _INSERT_JOB,
-            {
-                "p_id": message_id,
-                "p_priority": request.priority,
-                "p_request": request.model_dump(mode="json", exclude_none=True),
-                "p_key": request.idempotency_key,
-                "p_metadata": request.metadata,
-                "p_deliver": deliver_to or None,
-                "p_hash": fingerprint,
-                "p_deadline": timedelta(seconds=deadline),
-                "p_worker": ACTOR.get(),
-            },
-        ).first()
+            message_id,
+            request,
+            deliver_to=deliver_to,
+            tenant=tenant,
+            default_deadline_seconds=default_deadline_seconds,
+            fingerprint=fingerprint,
+        )
     except (DataError, ValueError, RecursionError) as exc:
         return record_invalid(
             session,
@@ -365,47 +388,121 @@ def accept(
             f"request: could not be stored ({_why(exc)})",
             request_hash=fingerprint,
             deliver_to=deliver_to,
+            tenant=tenant,
         )
+    if isinstance(created, Conflict):
+        problem = (
+            "idempotency_key: already used for a different request "
+            "(a key stands for one request; use a new key)"
+        )
+        return record_invalid(
+            session,
+            message_id,
+            problem,
+            errors=problem_errors(problem, "idempotency_conflict"),
+            request_hash=fingerprint,
+            deliver_to=deliver_to,
+            tenant=tenant,
+        )
+    return created
+
+
+def create(
+    session: Db,
+    job_id: str,
+    request: GenerationRequest,
+    *,
+    deliver_to: list[dict[str, Any]],
+    tenant: str,
+    default_deadline_seconds: int,
+    fingerprint: str | None = None,
+) -> Accepted | Conflict:
+    """Record a validated request as a queued job (the HTTP API's path, and ``accept``'s).
+
+    The same id with the same request, or the tenant's idempotency key with the same request,
+    answers with the existing job (``created=False``); the key with another request is a
+    :class:`Conflict`. The id with another request is kept as a ``dropped_messages`` row.
+    """
+    fingerprint = fingerprint or request_fingerprint(request)
+    params = insert_job_params(
+        job_id,
+        request,
+        deliver_to=deliver_to,
+        tenant=tenant,
+        default_deadline_seconds=default_deadline_seconds,
+        fingerprint=fingerprint,
+    )
+    inserted = _run(session, _INSERT_JOB, params).first()
     if inserted is not None:
-        return Accepted(message_id, S.QUEUED, created=True)
+        return Accepted(job_id, S.QUEUED, created=True)
     # A redelivery, the same message running twice at once, or the key is taken.
-    existing = _find(session, message_id)
+    existing = _find(session, job_id)
     if existing is not None:
         if existing.request_hash not in (None, fingerprint):
             record_dropped(
                 session,
                 queue="imagegen.requests",
                 task="imagegen.generate",
-                message_id=message_id,
+                message_id=job_id,
                 size=0,
                 reason="the job id already names a different request: refused, nothing sent",
             )
         return Accepted(existing.id, JobStatus(existing.status), created=False)
     if request.idempotency_key is not None:
-        by_key = _run(
-            session,
-            select(J.c.id, J.c.status, J.c.request_hash).where(
-                J.c.idempotency_key == request.idempotency_key
-            ),
-        ).first()
+        by_key = find_by_key(session, tenant, request.idempotency_key)
         if by_key is not None:
             if by_key.request_hash not in (None, fingerprint):
-                return record_invalid(
-                    session,
-                    message_id,
-                    "idempotency_key: already used for a different request "
-                    "(a key stands for one request; use a new key)",
-                    request_hash=fingerprint,
-                    deliver_to=deliver_to,
-                )
+                return Conflict(by_key.id)
             _run(
                 session,
                 insert(A)
-                .values(alias_id=message_id, job_id=by_key.id, request_hash=fingerprint)
+                .values(alias_id=job_id, job_id=by_key.id, request_hash=fingerprint)
                 .on_conflict_do_nothing(),
             )
             return Accepted(by_key.id, JobStatus(by_key.status), created=False)
-    raise RuntimeError(f"job {message_id} conflicted but cannot be found")
+    raise RuntimeError(f"job {job_id} conflicted but cannot be found")
+
+
+def insert_job_params(
+    job_id: str,
+    request: GenerationRequest,
+    *,
+    deliver_to: list[dict[str, Any]],
+    tenant: str,
+    default_deadline_seconds: int,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """The parameters of a new job's insert (:data:`INSERT_JOB_SQL` too)."""
+    deadline = request.deadline_seconds or default_deadline_seconds
+    return {
+        "p_id": job_id,
+        "p_priority": request.priority,
+        "p_request": request.model_dump(mode="json", exclude_none=True),
+        "p_key": request.idempotency_key,
+        "p_metadata": request.metadata,
+        "p_deliver": deliver_to or None,
+        "p_hash": fingerprint,
+        "p_tenant": tenant,
+        "p_deadline": timedelta(seconds=deadline),
+        "p_worker": ACTOR.get(),
+    }
+
+
+#: A new job's insert as psycopg itself runs it (the HTTP API's async connections; pass
+#: JSON values as ``psycopg.types.json.Jsonb``): the very statement ``create`` runs.
+INSERT_JOB_SQL: Final = str(_INSERT_JOB.compile(dialect=psycopg_dialect()))  # type: ignore[no-untyped-call]
+#: The parameters of INSERT_JOB_SQL that are JSON.
+INSERT_JOB_JSON: Final = ("p_request", "p_metadata", "p_deliver")
+
+
+def find_by_key(session: Db, tenant: str, key: str) -> Row[tuple[str, str, str | None]] | None:
+    """(id, status, request_hash) of the tenant's job with idempotency key ``key``."""
+    return _run(
+        session,
+        select(J.c.id, J.c.status, J.c.request_hash).where(
+            J.c.tenant == tenant, J.c.idempotency_key == key
+        ),
+    ).first()
 
 
 def _why(exc: BaseException) -> str:
@@ -431,24 +528,30 @@ def record_invalid(
     job_id: str,
     message: str,
     *,
+    errors: list[FieldError] | None = None,
     request_hash: str | None = None,
     deliver_to: list[dict[str, Any]] | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> Accepted:
-    """Record a request that cannot be run as a failed ``invalid_request`` job.
+    """Record a request that cannot be run as a failed ``invalid_request`` job, with its
+    problems as ``errors`` (one built from ``message`` when not given).
 
     When ``job_id`` already names a job, a redelivery (the same ``request_hash``) is answered
     with it; anything else is kept as a ``dropped_messages`` row (the id is taken).
     """
     message = message[:MAX_ERROR_MESSAGE]
     detail = f"{ErrorCode.INVALID_REQUEST.value}: {message}"
+    found = errors if errors is not None else problem_errors(message)
     params = {
         "p_id": job_id,
         "p_code": ErrorCode.INVALID_REQUEST.value,
         "p_message": message,
+        "p_errors": [e.model_dump() for e in found],
         "p_detail": detail,
         "p_worker": ACTOR.get(),
         "p_hash": request_hash,
         "p_deliver": deliver_to or None,
+        "p_tenant": tenant,
     }
     row = _run(session, _INSERT_INVALID, params).first()
     if row is not None:
@@ -698,65 +801,217 @@ def succeed(
     return left is not None
 
 
-def cancel(session: Session, job_id: str) -> tuple[bool, JobStatus | None]:
-    """Cancel a job that is queued, or stop polling one already submitted.
+def cancel(session: Db, job_id: str, *, tenant: str | None = None) -> tuple[bool, JobStatus | None]:
+    """Cancel a job that is queued, or stop polling one already submitted; (done, status
+    now), status None when there is no such job (of ``tenant``, when given).
 
     A job whose POST is under way cannot be cancelled (its outcome is about to be known):
     that is checked in the same statement as the change, so a POST starting meanwhile wins.
     """
-    job = resolve(session, job_id)
-    if job is None:
+    found = _find(session, job_id)
+    if found is None:
+        return False, None
+    if tenant is not None and _scalar(session, select(J.c.tenant).where(J.c.id == found.id)) != (
+        tenant
+    ):
         return False, None
     expected = [S.QUEUED, S.SUBMITTING, S.PENDING, S.PROCESSING]
     done = fail(
         session,
-        job.id,
+        found.id,
         ErrorCode.CANCELLED,
         "cancelled by request",
         expected=expected,
         unsent=True,
     )
-    session.refresh(job)
-    return done, JobStatus(job.status)
+    now = _scalar(session, select(J.c.status).where(J.c.id == found.id))
+    return done, JobStatus(now)
 
 
-def view(session: Session, job_id: str, *, with_deliveries: bool = True) -> JobView | None:
+#: A JobView's columns (not the request: it may hold megabytes of data URLs).
+_VIEW_COLUMNS: Final = ", ".join(
+    f"j.{c}"
+    for c in (
+        "id", "status", "priority", "created_at", "updated_at", "submitted_at", "finished_at",
+        "deadline_at", "upstream_task_id", "billing_amount", "duration_ms",
+        "result_expires_at", "error_code", "error_message", "errors", "metadata",
+        "idempotency_key", "tenant",
+    )
+)  # fmt: skip
+#: A job with its images and (when ``deliveries``) its outbox, in one statement. Written for
+#: psycopg itself (``%(name)s``), so the HTTP API's async connections run the very same text
+#: as the sync path (``exec_driver_sql``).
+_VIEW_SELECT: Final = (
+    f"SELECT {_VIEW_COLUMNS}, "  # noqa: S608 - column names only
+    "(SELECT coalesce(jsonb_agg(to_jsonb(i) ORDER BY i.index), '[]'::jsonb) "
+    "FROM job_images i WHERE i.job_id = j.id) AS images_json, "
+    "CASE WHEN %(deliveries)s THEN (SELECT coalesce(jsonb_agg(jsonb_build_object("
+    "'id', d.id, 'channel', d.channel, 'state', d.state, 'attempts', d.attempts, "
+    "'last_status', d.last_status, 'last_error', d.last_error, "
+    "'next_attempt_at', d.next_attempt_at, 'delivered_at', d.delivered_at) "
+    "ORDER BY d.created_at, d.id), '[]'::jsonb) FROM job_deliveries d WHERE d.job_id = j.id) "
+    "END AS deliveries_json FROM jobs j "
+)
+#: One job by id or idempotency alias, of one tenant (any tenant with a null one).
+VIEW_SQL: Final = (
+    _VIEW_SELECT  # noqa: S608 - constants only
+    + "WHERE j.id = coalesce((SELECT a.job_id FROM job_aliases a WHERE a.alias_id = %(id)s), "
+    "%(id)s) AND (%(tenant)s::text IS NULL OR j.tenant = %(tenant)s)"
+)
+
+
+def view_params(
+    job_id: str, *, tenant: str | None = None, with_deliveries: bool = True
+) -> dict[str, Any]:
+    """The parameters of :data:`VIEW_SQL`."""
+    return {"id": job_id, "tenant": tenant, "deliveries": with_deliveries}
+
+
+def view(
+    session: Db, job_id: str, *, with_deliveries: bool = True, tenant: str | None = None
+) -> JobView | None:
     """The JobView of ``job_id`` (following an idempotency alias); ``with_deliveries``: with
-    the state of its outbox (not part of what is delivered)."""
-    job = resolve(session, job_id, with_images=True)
-    if job is None:
-        return None
-    deliveries = outbox.views(session.connection(), job.id) if with_deliveries else []
+    the state of its outbox (not part of what is delivered); ``tenant``: only that tenant's
+    job (another tenant's is None, as if it did not exist)."""
+    connection = session if isinstance(session, Connection) else session.connection()
+    params = view_params(job_id, tenant=tenant, with_deliveries=with_deliveries)
+    row = connection.exec_driver_sql(VIEW_SQL, params).first()
+    return job_view(row) if row is not None else None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing, newest first; ``cursor`` continues it (None: the last page)."""
+
+    items: list[JobView]
+    cursor: tuple[datetime, str] | None
+
+
+def listing_sql(
+    *, tenant: str | None, status: JobStatus | None, created_after: datetime | None,
+    after: tuple[datetime, str] | None, limit: int,
+) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """The statement and parameters of a page of jobs, newest first, by keyset: ``after`` is
+    the (created_at, id) of the last job of the previous page (``ix_jobs_tenant_created``
+    serves it, however deep the page). Only fixed fragments are joined; values are bound."""
+    where = ["TRUE"]
+    params: dict[str, Any] = {"deliveries": False, "limit": limit + 1}
+    if tenant is not None:
+        where.append("j.tenant = %(tenant)s")
+        params["tenant"] = tenant
+    if status is not None:
+        where.append("j.status = %(status)s")
+        params["status"] = status.value
+    if created_after is not None:
+        where.append("j.created_at > %(created_after)s")
+        params["created_after"] = created_after
+    if after is not None:
+        where.append("(j.created_at, j.id) < (%(after_at)s, %(after_id)s)")
+        params |= {"after_at": after[0], "after_id": after[1]}
+    statement = (
+        _VIEW_SELECT
+        + "WHERE "
+        + " AND ".join(where)
+        + " ORDER BY j.created_at DESC, j.id DESC LIMIT %(limit)s"
+    )
+    return statement, params
+
+
+def page_of(rows: Sequence[Any], limit: int) -> Page:
+    """The page a listing's rows (``limit + 1`` at most) make."""
+    more = len(rows) > limit
+    kept = rows[:limit]
+    cursor = (kept[-1].created_at, kept[-1].id) if more and kept else None
+    return Page([job_view(row) for row in kept], cursor)
+
+
+def listing(
+    session: Db,
+    *,
+    tenant: str | None,
+    status: JobStatus | None = None,
+    created_after: datetime | None = None,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 50,
+) -> Page:
+    """A tenant's jobs (every tenant's with None), newest first (see :func:`listing_sql`)."""
+    statement, params = listing_sql(
+        tenant=tenant, status=status, created_after=created_after, after=after, limit=limit
+    )
+    connection = session if isinstance(session, Connection) else session.connection()
+    return page_of(connection.exec_driver_sql(statement, params).all(), limit)
+
+
+def job_href(job_id: str) -> str:
+    """The API path of a job (relative to the API's base URL)."""
+    return f"/v1/jobs/{quote(job_id, safe='')}"
+
+
+def image_href(job_id: str, index: int) -> str:
+    """The API path of a stored image (relative to the API's base URL)."""
+    return f"{job_href(job_id)}/images/{index}"
+
+
+def job_view(row: Any) -> JobView:
+    """The JobView of a row of :data:`VIEW_SQL` or a listing."""
     return JobView(
-        id=job.id,
-        status=JobStatus(job.status),
-        priority=job.priority,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        submitted_at=job.submitted_at,
-        finished_at=job.finished_at,
-        deadline_at=job.deadline_at,
-        upstream_task_id=job.upstream_task_id,
+        id=row.id,
+        status=JobStatus(row.status),
+        priority=row.priority,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        submitted_at=row.submitted_at,
+        finished_at=row.finished_at,
+        deadline_at=row.deadline_at,
+        upstream_task_id=row.upstream_task_id,
         images=[
             ImageView(
-                index=i.index,
-                url=i.url,
-                width=i.width,
-                height=i.height,
-                format=i.format,
-                stored_path=i.stored_path,
+                index=i["index"],
+                url=i["url"],
+                width=i["width"],
+                height=i["height"],
+                format=i["format"],
+                href=image_href(row.id, i["index"]) if i.get("storage_key") else None,
+                sha256=i.get("sha256"),
+                size_bytes=i.get("size_bytes"),
+                content_type=i.get("content_type"),
+                storage_key=i.get("storage_key"),
+                stored_path=i.get("stored_path"),
             )
-            for i in job.images
+            for i in row.images_json
         ],
-        billing_amount=job.billing_amount,
-        duration_ms=job.duration_ms,
-        result_expires_at=job.result_expires_at,
-        error_code=ErrorCode(job.error_code) if job.error_code else None,
-        error_message=job.error_message,
-        metadata=job.metadata_,
-        idempotency_key=job.idempotency_key,
-        deliveries=deliveries,
+        billing_amount=row.billing_amount,
+        duration_ms=row.duration_ms,
+        result_expires_at=row.result_expires_at,
+        error_code=ErrorCode(row.error_code) if row.error_code else None,
+        error_message=row.error_message,
+        errors=[FieldError.model_validate(e) for e in row.errors] if row.errors else None,
+        metadata=row.metadata,
+        idempotency_key=row.idempotency_key,
+        tenant=row.tenant,
+        deliveries=[DeliveryView.model_validate(d) for d in row.deliveries_json or ()],
     )
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """Where one image's copy is, for the API to serve it."""
+
+    storage_key: str
+    sha256: str | None
+    size_bytes: int | None
+    content_type: str | None
+
+
+def stored_copy(session: Db, job_id: str, index: int) -> StoredCopy | None:
+    """The copy of image ``index`` of a job (``job_id`` resolved already), or None."""
+    row = _run(
+        session,
+        select(I.c.storage_key, I.c.sha256, I.c.size_bytes, I.c.content_type).where(
+            I.c.job_id == job_id, I.c.index == index, I.c.storage_key.is_not(None)
+        ),
+    ).first()
+    return StoredCopy(*row) if row is not None else None
 
 
 # --- the sweeper's queries -------------------------------------------------------------
@@ -839,7 +1094,10 @@ def ping(session: Db) -> None:
 __all__ = [
     "ACTOR",
     "ADMISSION_LOCK_KEY",
+    "DEFAULT_TENANT",
     "HOLDING_SLOT",
+    "INSERT_JOB_JSON",
+    "INSERT_JOB_SQL",
     "LIVE",
     "MAX_ERROR_MESSAGE",
     "NOW",
@@ -847,13 +1105,17 @@ __all__ = [
     "POLLED",
     "TERMINAL",
     "TRANSITIONS",
+    "VIEW_SQL",
     "Accepted",
     "After",
+    "Conflict",
     "Db",
     "IllegalTransitionError",
     "Outcome",
     "Overdue",
+    "Page",
     "PollTicket",
+    "StoredCopy",
     "SubmitTicket",
     "accept",
     "admit",
@@ -861,9 +1123,18 @@ __all__ = [
     "cancel",
     "claim_poll",
     "counts",
+    "create",
     "expire_overdue",
     "fail",
+    "find_by_key",
+    "image_href",
+    "insert_job_params",
+    "job_href",
+    "job_view",
+    "listing",
+    "listing_sql",
     "mark_processing",
+    "page_of",
     "ping",
     "raw_fingerprint",
     "record_dropped",
@@ -871,9 +1142,11 @@ __all__ = [
     "record_submitted",
     "requeue",
     "resolve",
+    "stored_copy",
     "submittable",
     "succeed",
     "take_overdue",
     "transition",
     "view",
+    "view_params",
 ]

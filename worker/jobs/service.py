@@ -24,7 +24,7 @@ from worker.db import autocommit, transaction
 from worker.delivery import outbox, targets
 from worker.enqueue import later
 from worker.runtime import Runtime, get_runtime
-from worker.storage import StorageError, store_image
+from worker.storage import StorageError, StoredImage, copy_image
 from worker.upstream.client import TASK_ID, OutcomeUnknownError, TaskState, UpstreamError
 
 from . import decisions
@@ -70,6 +70,7 @@ def accept(message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
                 problem,
                 request_hash=jobs.raw_fingerprint([args, kwargs]),
                 deliver_to=targets.for_raw(kwargs.get("request"), get_settings().delivery_policy),
+                tenant=get_settings().broker_tenant,
             )
     else:
         accepted = _accept_and_admit(message_id, kwargs["request"])
@@ -107,6 +108,7 @@ def _accept_and_admit(message_id: str, raw: object) -> jobs.Accepted:
             raw,
             default_deadline_seconds=settings.default_deadline_seconds,
             policy=settings.delivery_policy,
+            tenant=settings.broker_tenant,
         )
     if accepted.status is JobStatus.QUEUED:  # also a redelivery that stopped before this
         admit_and_post()
@@ -319,20 +321,16 @@ def _finish(
     images: list[ImageView] = []
     failure: tuple[ErrorCode, str] | None = None
     for index, resource in enumerate(state.resources):
-        stored: str | None = None
-        if settings.storage_dir is not None:
+        copy: StoredImage | None = None
+        if runtime.store is not None and failure is None:
             try:
-                path = store_image(
-                    runtime.downloads,
-                    settings.storage_dir,
-                    job_id,
-                    index,
-                    resource.url,
-                    resource.format,
+                copy = copy_image(
+                    runtime.downloads, runtime.store, job_id, index, resource.url, resource.format
                 )
-                stored = str(path.resolve())
-            except (StorageError, OSError) as exc:
-                if not ticket.overdue:  # retried until the job's deadline
+            except StorageError as exc:
+                # Retried until the job's deadline unless asking again cannot help; the
+                # upstream's URLs are kept either way.
+                if not exc.permanent and not ticket.overdue:
                     log.warning(
                         "job %s: copying image %d failed (%s); retrying", job_id, index, exc
                     )
@@ -345,7 +343,11 @@ def _finish(
                 width=resource.width,
                 height=resource.height,
                 format=resource.format,
-                stored_path=stored,
+                storage_key=copy.key if copy else None,
+                sha256=copy.sha256 if copy else None,
+                size_bytes=copy.size_bytes if copy else None,
+                content_type=copy.content_type if copy else None,
+                stored_path=str(copy.path) if copy and copy.path else None,
             )
         )
     outcome = jobs.Outcome(

@@ -4,6 +4,7 @@ Depends on pydantic only; ``api_schema.producer`` needs the ``producer`` extra (
 """
 
 from .enums import TERMINAL_STATUSES, ErrorCode, JobStatus
+from .errors import FieldError, field_errors, problem_errors
 from .models import (
     ASPECT_RATIO_SIZES,
     MAX_IMAGE_BYTES,
@@ -60,6 +61,7 @@ __all__ = [
     "DeliveryState",
     "DeliveryView",
     "ErrorCode",
+    "FieldError",
     "GenerateKwargs",
     "GenerationRequest",
     "ImageView",
@@ -68,6 +70,8 @@ __all__ = [
     "ReplyTo",
     "WebhookTarget",
     "describe_validation_error",
+    "field_errors",
+    "problem_errors",
     "request_fingerprint",
     "storable_problem",
     "unstorable_at",

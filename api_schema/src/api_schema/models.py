@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from .enums import ErrorCode, JobStatus
+from .errors import FieldError
 
 #: The upstream's size limit for one reference image, decoded.
 MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
@@ -516,7 +517,10 @@ _RESERVED_QUEUE: Final = (
     r"^([iI][mM][aA][gG][eE][gG][eE][nN]|[uU][nN][aA][cC][kK][eE][dD]|[cC][eE][lL][eE][rR][yY])"
 )
 RESERVED_QUEUE_PREFIXES: Final = ("imagegen", "unacked", "celery")
-_WEBHOOK_URL: Final = r"^[hH][tT][tT][pP][sS]?://[^\x00-\x20\x7f]{1,2040}(?![\s\S])"
+# No userinfo, a host first; the model's validator is the full rule (and resolves nothing).
+_WEBHOOK_URL: Final = (
+    r"^[hH][tT][tT][pP][sS]?://(?![^/?#]*@)(?=[^/?#:])[^\x00-\x20\x7f]{1,2040}(?![\s\S])"
+)
 
 
 class ReplyTo(BaseModel):
@@ -801,15 +805,28 @@ class GenerateKwargs(BaseModel):
 
 
 class ImageView(BaseModel):
-    """One generated image."""
+    """One generated image and, once copied, where and what the copy is."""
 
     index: int
     url: str = Field(description="The upstream's URL; it expires at the job's result_expires_at.")
     width: int
     height: int
     format: str
+    href: str | None = Field(
+        default=None,
+        description="The copy through the HTTP API, relative to its base URL "
+        "(`/v1/jobs/{id}/images/{index}`); None until the image is stored.",
+    )
+    sha256: str | None = Field(default=None, description="Hex SHA-256 of the stored bytes.")
+    size_bytes: int | None = Field(default=None, description="Size of the stored copy.")
+    content_type: str | None = Field(
+        default=None, description="Media type of the stored copy, from its own bytes."
+    )
+    storage_key: str | None = Field(
+        default=None, description="The copy's key in the result store (a file or an object)."
+    )
     stored_path: str | None = Field(
-        default=None, description="Where the worker copied the file, when storage is enabled."
+        default=None, description="The copy's file on the worker's disk (local storage only)."
     )
 
 
@@ -854,8 +871,13 @@ class JobView(BaseModel):
     result_expires_at: datetime | None = None
     error_code: ErrorCode | None = None
     error_message: str | None = None
+    errors: list[FieldError] | None = Field(
+        default=None,
+        description="For invalid_request: each problem, the same shape as the API's 422.",
+    )
     metadata: dict[str, Any] | None = None
     idempotency_key: str | None = None
+    tenant: str | None = Field(default=None, description="Who created the job.")
     deliveries: list[DeliveryView] = Field(
         default_factory=list,
         description="Where the job's end is being delivered (not part of delivered events).",

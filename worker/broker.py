@@ -681,6 +681,7 @@ def record_verdict(verdict: Refuse | Drop, queue: str, size: int) -> None:
                 verdict.reason,
                 request_hash=verdict.fingerprint,
                 deliver_to=targets.for_raw(verdict.request, get_settings().delivery_policy),
+                tenant=get_settings().broker_tenant,
             )
         from .delivery.tasks import publish_deliveries
 

@@ -150,7 +150,12 @@ def api(
     """Run the HTTP API (/v1/jobs) over the same database and broker, with bearer tokens from
     IMAGEGEN_API_TOKENS (tenant:token pairs)."""
     settings = _settings()
-    if not settings.api_token_map:
+    try:
+        tokens = settings.api_token_map
+    except ValueError as exc:
+        err.print(f"[red]bad configuration:[/] {exc}")
+        raise typer.Exit(2) from None
+    if not tokens:
         err.print("[red]IMAGEGEN_API_TOKENS must name at least one tenant:token[/]")
         raise typer.Exit(2)
     _check_database(settings)

@@ -19,7 +19,10 @@ TASK_PATH = "/api/v1/tasks/{task_id}"
 class Settings(BaseSettings):
     """Everything a worker, beat, Flower or the CLI needs to know."""
 
-    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore")
+    # hide_input_in_errors: a bad value (a token, a key) is never echoed in the error.
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEGEN_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/imagegen"
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -181,12 +184,12 @@ class Settings(BaseSettings):
     def _storage_makes_sense(self) -> Self:
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("IMAGEGEN_STORAGE_BACKEND=s3 needs IMAGEGEN_S3_BUCKET")
-        self.api_token_map  # noqa: B018 - parses and checks the tokens
         return self
 
     @property
     def api_token_map(self) -> dict[str, str]:
-        """Each API bearer token and the tenant it names."""
+        """Each API bearer token and the tenant it names (ValueError naming a bad pair by its
+        position; checked when the API starts, so a typo there stops no worker)."""
         from .api.auth import parse_tokens
 
         return parse_tokens(self.api_tokens.get_secret_value() if self.api_tokens else "")

@@ -42,6 +42,12 @@ def upgrade() -> None:
     op.add_column("job_images", sa.Column("sha256", sa.String(64), nullable=True))
     op.add_column("job_images", sa.Column("size_bytes", sa.BigInteger(), nullable=True))
     op.add_column("job_images", sa.Column("content_type", sa.String(64), nullable=True))
+    # Copies made before this revision: their key is the tail of their path (the layout
+    # has not changed), so the API serves them too.
+    op.execute(
+        "UPDATE job_images SET storage_key = substring(stored_path from "
+        "'([0-9a-f]{2}/[0-9a-f]{62}/[0-9]+\\.[a-z]+)$') WHERE stored_path IS NOT NULL"
+    )
 
 
 def downgrade() -> None:

@@ -211,8 +211,9 @@ def test_health_and_readiness(live: Stack, api_url: str) -> None:
 
 def test_images_that_cannot_be_stored_say_so(live: Stack, api_url: str) -> None:
     with client(api_url) as http:
+        # Gone for good: asked again until the job's deadline, then storage_failed.
         live.sim_configure(faults={"file_404": 1.0})
-        gone = http.post("/v1/jobs", json=request()).json()["id"]
+        gone = http.post("/v1/jobs", json=request(deadline_seconds=4)).json()["id"]
         view = wait_job(http, gone)
         assert (view.status, view.error_code) == (JobStatus.FAILED, ErrorCode.STORAGE_FAILED)
         assert view.images and view.images[0].url.startswith("http")  # the upstream's URL kept

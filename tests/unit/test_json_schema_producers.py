@@ -102,6 +102,14 @@ GOOD: list[dict[str, Any]] = [
         "height": 512,
     },
 ]
+GOOD += [
+    {
+        "prompt": "x",
+        "subject_reference_images": [URL],
+        "metadata": {"__type__": "x", "__value__": 1, "k": 2},
+    },
+    {"prompt": "x", "subject_reference_images": [URL], "metadata": {"__type__": "just a key"}},
+]
 BAD: list[dict[str, Any]] = [
     {"subject_reference_images": [URL]},
     {"prompt": "", "subject_reference_images": [URL]},
@@ -152,6 +160,17 @@ BAD: list[dict[str, Any]] = [
     {"prompt": "x", "subject_reference_images": [URL], "metadata": {"k": ["ok", "a\x00"]}},
     {"prompt": "x", "subject_reference_images": [URL], "metadata": {"a": {"\x00": 1}}},
     {"prompt": "x", "subject_reference_images": [URL], "metadata": {"a": "\ud800"}},
+    # metadata: kombu type tags (the broker refuses bodies holding one)
+    {
+        "prompt": "x",
+        "subject_reference_images": [URL],
+        "metadata": {"__type__": "datetime", "__value__": "x"},
+    },
+    {
+        "prompt": "x",
+        "subject_reference_images": [URL],
+        "metadata": {"a": [{"__type__": "d", "__value__": 1}]},
+    },
     # webhook URLs: user info, no host
     *(
         {"prompt": "x", "subject_reference_images": [URL], "webhook": {"url": hook}}

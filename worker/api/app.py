@@ -20,11 +20,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg import InterfaceError as PsycopgInterfaceError
 from psycopg import OperationalError as PsycopgError
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, BeforeValidator, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolExhausted
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 
 from api_schema import FieldError, JobStatus, JobView
@@ -40,6 +43,8 @@ from .service import ApiError
 
 log = logging.getLogger("imagegen.api")
 JSON: Final = "application/json"
+#: Bodies larger than this are validated and encoded in a thread, not on the event loop.
+INLINE_BODY_BYTES: Final = 64 * 1024
 IMAGE_TYPES: Final = ("image/png", "image/jpeg", "image/webp", "image/gif")
 #: An Idempotency-Key: what GenerationRequest.idempotency_key takes (visible ASCII).
 KEY_PATTERN: Final = r"^[\x21-\x7e]+$"
@@ -151,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await backends.open()
+        gc.collect()
         # What the process built to start (modules, models, routes) is kept for good: the
         # collector then never walks it again, which took tens of ms from a request's p99.
         gc.freeze()
@@ -215,10 +221,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ] = None,
     ) -> Response:
         body = await _read_body(request, settings.api_max_body_bytes)
-        valid = service.validate(body, idempotency_key=idempotency_key)
-        if valid.webhook is None:
+        if len(body) > INLINE_BODY_BYTES:  # megabytes of data URLs: not on the event loop
+            valid = await run_in_threadpool(service.validate, body, idempotency_key=idempotency_key)
+        else:
+            valid = service.validate(body, idempotency_key=idempotency_key)
+        if valid.webhook is None and len(body) <= INLINE_BODY_BYTES:
             prepared = service.prepare(valid, tenant=tenant, settings=settings)
-        else:  # its host is resolved: not on the event loop
+        else:  # a webhook's host is resolved, a large request encoded: in a thread
             prepared = await run_in_threadpool(
                 service.prepare, valid, tenant=tenant, settings=settings
             )
@@ -231,7 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 service.settle, prepared, tenant=tenant, settings=settings
             )
         if not done.replayed:
-            await backends.push(prepared.request, done.job_id)
+            await backends.push(prepared.entry, done.job_id)
         answer = SubmitAnswer(id=done.job_id, status=done.status, replayed=done.replayed)
         return Response(
             answer.model_dump_json(),
@@ -306,7 +315,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if store is None:
             raise ApiError(404, "not_stored", "this deployment does not copy images")
         _, copy = service.stored_copy(job_id, index, tenant=tenant)
-        headers = {"Cache-Control": "private, max-age=300"}
+        headers = {"Cache-Control": "private, max-age=3600, immutable"}
         if copy.sha256:
             digest = base64.b64encode(bytes.fromhex(copy.sha256)).decode()
             headers |= {
@@ -316,8 +325,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         url = store.signed_url(copy.storage_key)
         if url is not None:
+            # The signed URL expires: the redirect itself must not be reused from a cache.
+            headers["Cache-Control"] = "no-store"
             return RedirectResponse(url, status_code=307, headers=headers)
-        chunks = store.open(copy.storage_key)
+        try:
+            chunks = store.open(copy.storage_key)
+        except StorageError as exc:
+            if not exc.permanent:
+                raise  # 503: the store is away
+            raise ApiError(404, "not_stored", f"image {index}: the copy is missing") from None
         if copy.size_bytes is not None:
             headers["Content-Length"] = str(copy.size_bytes)
         return StreamingResponse(
@@ -355,10 +371,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise ApiError(413, "too_large", f"the body is over {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "too_large", f"the body is over {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "too_large", f"the body is over {limit} bytes")
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the body ended early") from None
     return bytes(body)
 
 
@@ -423,7 +442,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http_error)
-    for kind in (OperationalError, InterfaceError, StorageError, PsycopgError, PoolTimeout):
+    for kind in (
+        OperationalError,
+        InterfaceError,
+        PoolExhausted,
+        StorageError,
+        PsycopgError,
+        PsycopgInterfaceError,
+        PoolTimeout,
+    ):
         app.add_exception_handler(kind, unavailable)
     app.add_exception_handler(Exception, internal)
 

@@ -8,25 +8,28 @@ cost more than the database round trip itself (see the README's API benchmark).
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from psycopg import AsyncConnection
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy.engine import make_url
 
-from api_schema import REQUESTS_QUEUE, GenerationRequest, JobView
-from api_schema.message import generate_message
+from api_schema import REQUESTS_QUEUE, JobView
 from worker import jobs
 from worker.config import Settings
 
 log = logging.getLogger("imagegen.api")
+#: Seconds a POST waits for its push to Redis.
+PUSH_TIMEOUT: Final = 2.0
 
 
 def conninfo(database_url: str) -> str:
@@ -55,12 +58,20 @@ class Backends:
             min_size=2,
             max_size=16,
             timeout=10,  # waiting for a free connection: then 503, not a hung request
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": 5},
             configure=_configure,
             open=False,
             name="imagegen-api",
         )
-        return cls(pool, Redis.from_url(settings.api_broker, socket_timeout=5))
+        # No retries: the job is recorded before its push, and a push that fails is made up
+        # for by the sweeper; a POST should not wait through a broker outage.
+        redis = Redis.from_url(
+            settings.api_broker,
+            socket_timeout=PUSH_TIMEOUT,
+            socket_connect_timeout=PUSH_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cls(pool, redis)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
@@ -85,13 +96,14 @@ class Backends:
             cursor = await connection.execute(jobs.INSERT_JOB_SQL, bound)
             return await cursor.fetchone() is not None
 
-    async def push(self, request: GenerationRequest, job_id: str) -> bool:
-        """Send the request to the workers as any producer does (``imagegen.generate`` on
-        ``imagegen.requests``, task id = job id); False when the broker is away (the job is
-        recorded: the sweeper admits it)."""
-        entry = json.dumps(generate_message(request, job_id))
+    async def push(self, entry: str, job_id: str) -> bool:
+        """Send a request to the workers as any producer does (``entry``: the
+        ``imagegen.generate`` message of ``api_schema.message``, task id = job id); False
+        when the broker is away (the job is recorded: the sweeper admits it)."""
         try:
-            await cast(Awaitable[int], self.redis.lpush(REQUESTS_QUEUE, entry))
+            await asyncio.wait_for(
+                cast(Awaitable[int], self.redis.lpush(REQUESTS_QUEUE, entry)), PUSH_TIMEOUT
+            )
         except Exception as exc:  # noqa: BLE001 - any broker failure: the sweeper admits it
             log.warning(
                 "job %s recorded; its message was not sent (%s)", job_id, type(exc).__name__

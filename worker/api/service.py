@@ -25,6 +25,7 @@ from api_schema import (
     problem_errors,
     request_fingerprint,
 )
+from api_schema.message import generate_message
 from worker import jobs
 from worker.config import Settings
 from worker.db import autocommit
@@ -108,6 +109,7 @@ class Prepared:
     request: GenerationRequest
     job_id: str
     params: dict[str, Any]
+    entry: str  # the Redis list entry that sends it (api_schema.message)
 
 
 def validate(body: bytes, *, idempotency_key: str | None) -> GenerationRequest:
@@ -142,7 +144,7 @@ def prepare(request: GenerationRequest, *, tenant: str, settings: Settings) -> P
         default_deadline_seconds=settings.default_deadline_seconds,
         fingerprint=fingerprint,
     )
-    return Prepared(request, job_id, params)
+    return Prepared(request, job_id, params, json.dumps(generate_message(request, job_id)))
 
 
 def settle(prepared: Prepared, *, tenant: str, settings: Settings) -> Submitted:
@@ -159,8 +161,12 @@ def settle(prepared: Prepared, *, tenant: str, settings: Settings) -> Submitted:
             default_deadline_seconds=settings.default_deadline_seconds,
             fingerprint=params["p_hash"],
         )
-    if isinstance(created, jobs.Conflict):
-        raise _conflict(created.job_id)
+        if isinstance(created, jobs.Conflict):
+            raise _conflict(created.job_id)
+        # The id is derived from public inputs: a job of another tenant under it (made by
+        # someone who guessed the key and body) is not this tenant's to be handed.
+        if jobs.view(connection, created.job_id, tenant=tenant, with_deliveries=False) is None:
+            raise ApiError(409, "id_taken", "this request's job id is taken; use another key")
     # created=True: the job was there a moment ago and has just gone (a race with a
     # deletion); it is recorded now, and its message goes out like a new one's.
     return Submitted(created.job_id, created.status, replayed=not created.created)

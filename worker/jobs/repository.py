@@ -137,7 +137,12 @@ _CLAIM_POLL: Final = (
         J.c.upstream_task_id.is_not(None),
     )
     .values(poll_count=J.c.poll_count + 1, next_check_at=_later("p_hold"))
-    .returning(J.c.upstream_task_id, J.c.status, J.c.deadline_at <= func.now())
+    .returning(
+        J.c.upstream_task_id,
+        J.c.status,
+        J.c.deadline_at <= func.now(),
+        func.extract("epoch", J.c.deadline_at - func.now()),
+    )
 )
 
 
@@ -738,6 +743,7 @@ class PollTicket:
     status: JobStatus
     seq: int
     overdue: bool  # the job's deadline has passed
+    left: float = 0.0  # seconds until the job's deadline (negative once past)
 
 
 def claim_poll(session: Db, job_id: str, seq: int, *, hold_for: float) -> PollTicket | None:
@@ -750,7 +756,7 @@ def claim_poll(session: Db, job_id: str, seq: int, *, hold_for: float) -> PollTi
     row = _run(session, _CLAIM_POLL, params).first()
     if row is None:
         return None
-    return PollTicket(str(row[0]), JobStatus(row[1]), seq + 1, bool(row[2]))
+    return PollTicket(str(row[0]), JobStatus(row[1]), seq + 1, bool(row[2]), float(row[3]))
 
 
 def mark_processing(session: Db, job_id: str) -> bool:

@@ -322,7 +322,7 @@ def _finish(
     failure: tuple[ErrorCode, str] | None = None
     for index, resource in enumerate(state.resources):
         copy: StoredImage | None = None
-        if runtime.store is not None and failure is None:
+        if runtime.store is not None:
             try:
                 copy = copy_image(
                     runtime.downloads, runtime.store, job_id, index, resource.url, resource.format
@@ -330,12 +330,19 @@ def _finish(
             except StorageError as exc:
                 # Retried until the job's deadline unless asking again cannot help; the
                 # upstream's URLs are kept either way.
-                if not exc.permanent and not ticket.overdue:
+                # The retry must land before the deadline: a poll claimed past it ends the
+                # job as deadline_exceeded, without its images' URLs and bill.
+                delay = retry_delay(retries, settings)
+                if not exc.permanent and delay < ticket.left:
                     log.warning(
                         "job %s: copying image %d failed (%s); retrying", job_id, index, exc
                     )
-                    return Again((job_id, ticket.seq), retry_delay(retries, settings))
-                failure = (ErrorCode.STORAGE_FAILED, f"copying image {index} failed: {exc}")
+                    return Again((job_id, ticket.seq), delay)
+                # Ends the job, but every other image is still copied while its URL lives.
+                failure = failure or (
+                    ErrorCode.STORAGE_FAILED,
+                    f"copying image {index} failed: {exc}",
+                )
         images.append(
             ImageView(
                 index=index,

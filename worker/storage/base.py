@@ -32,8 +32,6 @@ _SIGNATURES: Final = (
     (b"GIF87a", "image/gif"),
     (b"GIF89a", "image/gif"),
 )
-#: Answers worth asking again for; any other 4xx is the upstream's final word on that URL.
-_TRANSIENT_STATUS: Final = frozenset({408, 425, 429})
 
 
 class StorageError(Exception):
@@ -117,8 +115,9 @@ def fetch(http: httpx.Client, url: str, index: int) -> bytes:
         with http.stream("GET", url) as response:
             status = response.status_code
             if status != 200:
-                final = 400 <= status < 500 and status not in _TRANSIENT_STATUS
-                raise StorageError(f"HTTP {status} fetching image {index}", permanent=final)
+                # Retried, whatever the status: a CDN may answer 403/404 for a moment after
+                # the task ends, and the job's deadline bounds the retries.
+                raise StorageError(f"HTTP {status} fetching image {index}")
             for chunk in response.iter_bytes():
                 body += chunk
                 if len(body) > MAX_IMAGE_BYTES:
@@ -145,8 +144,10 @@ def copy_image(
         raise StorageError(f"image {index}: the upstream's bytes are not an image", permanent=True)
     try:
         path = store.put(key, data, content_type)
-    except StorageError:
-        raise
+    except StorageError as exc:
+        # The store's trouble (credentials, a bucket, a full disk) is retried like any
+        # other until the job's deadline: it is not this image's fault.
+        raise StorageError(f"image {index}: {exc}") from None
     except OSError as exc:
         raise StorageError(f"image {index}: {type(exc).__name__} writing the copy") from None
     return StoredImage(

@@ -38,6 +38,8 @@ class LocalStore:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".part")
         try:
+            # mkstemp makes it 0600: the API may run as another user on a shared volume.
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
             os.replace(tmp, target)
@@ -48,8 +50,10 @@ class LocalStore:
     def open(self, key: str) -> Iterator[bytes]:
         try:
             handle = self.path(key).open("rb")
-        except OSError:
-            raise StorageError(f"{key}: no such copy") from None
+        except FileNotFoundError:
+            raise StorageError(f"{key}: no such copy", permanent=True) from None
+        except OSError as exc:
+            raise StorageError(f"{key}: {type(exc).__name__} reading the copy") from None
         return _chunks(handle)
 
     def signed_url(self, key: str) -> str | None:

@@ -26,6 +26,11 @@ MODELS: Final[dict[str, type[BaseModel]]] = {
     "job_view.schema.json": JobView,
 }
 _SCALARS: Final = ["null", "boolean", "number", "string"]
+#: An object of exactly ``__type__`` and ``__value__``: kombu would decode it as a datetime,
+#: a Decimal, ... (the broker refuses such bodies), so metadata may not hold one.
+NO_TYPE_TAG: Final = {
+    "not": {"type": "object", "required": ["__type__", "__value__"], "maxProperties": 2}
+}
 
 
 def metadata_value_defs(depth: int = MAX_METADATA_DEPTH - 1) -> dict[str, dict[str, Any]]:
@@ -49,6 +54,7 @@ def metadata_value_defs(depth: int = MAX_METADATA_DEPTH - 1) -> dict[str, dict[s
             "items": inner,
             "propertyNames": {"pattern": TEXT_PATTERN},
             "additionalProperties": inner,
+            **NO_TYPE_TAG,
         }
     return defs
 
@@ -72,6 +78,7 @@ def _bound_metadata(schema: dict[str, Any]) -> None:
             {
                 "propertyNames": {"pattern": TEXT_PATTERN},
                 "additionalProperties": {"$ref": f"#/$defs/MetadataValue{MAX_METADATA_DEPTH - 1}"},
+                **NO_TYPE_TAG,
             }
         )
     schema.setdefault("$defs", {}).update(metadata_value_defs())

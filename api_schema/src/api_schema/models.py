@@ -342,6 +342,9 @@ def _metadata_problem(value: dict[str, Any]) -> str | None:
             return f"must be at most {MAX_METADATA_BYTES} bytes as JSON"
         if isinstance(item, dict) and not all(isinstance(key, str) for key in item):
             return "must be a JSON object: every key, however deep, must be a string"
+        if isinstance(item, dict) and item.keys() == {"__type__", "__value__"}:
+            # kombu decodes such an object as a datetime, a Decimal, ...: the broker refuses it
+            return "must not hold an object of exactly the keys __type__ and __value__"
         stack.extend((child, depth + 1) for child in children)
     return None
 

@@ -59,6 +59,8 @@ from worker.delivery.targets import DeliveryPolicy
 from worker.models import DroppedMessage, Job, JobAlias, JobImage
 from worker.states import HOLDING_SLOT, LIVE, POLLED, TERMINAL, TRANSITIONS
 
+from . import ends
+
 S = JobStatus
 NO_POLICY: Final = DeliveryPolicy()
 MAX_ERROR_MESSAGE: Final = 2000
@@ -222,13 +224,13 @@ def _transition_sql(
         "WITH old AS (SELECT id, status FROM jobs WHERE id = :job_id FOR UPDATE), "  # noqa: S608
         f"moved AS (UPDATE jobs SET {sets} FROM old "
         f"WHERE jobs.id = old.id AND jobs.status IN ({allowed}) "
-        "RETURNING old.status AS old, jobs.id AS job_id, jobs.deliver_to), "
+        "RETURNING old.status AS old, jobs.id AS job_id, jobs.deliver_to, jobs.upstream_task_id), "
         "logged AS (INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
         f"SELECT :job_id, moved.old, '{to}', :detail, :worker FROM moved)"
         + (_IMAGES_CTE if images else "")
         + (", " + outbox.INSERT_ROWS.format(source="moved") if ends else "")
-        + (" SELECT old, ARRAY(SELECT id FROM outbox) FROM moved" if ends else "")
-        + ("" if ends else " SELECT old, NULL FROM moved")
+        + (" SELECT old, ARRAY(SELECT id FROM outbox), upstream_task_id FROM moved" if ends else "")
+        + ("" if ends else " SELECT old, NULL, upstream_task_id FROM moved")
     )
     return statement.bindparams(bindparam("images", type_=JSONB)) if images else statement
 
@@ -271,6 +273,18 @@ def transition(
         return None
     if row[1]:
         outbox.buffer(row[1])  # published once this statement has committed
+    if to in TERMINAL:
+        code = values.get("error_code")
+        message = values.get("error_message")
+        ends.announce(
+            ends.Ended(
+                job_id,
+                to,
+                ErrorCode(code) if code is not None else None,
+                str(message) if message is not None else None,
+                row[2],
+            )
+        )
     return JobStatus(row[0])
 
 
@@ -562,6 +576,7 @@ def record_invalid(
     if row is not None:
         if row[1]:
             outbox.buffer(row[1])
+        ends.announce(ends.Ended(job_id, S.FAILED, ErrorCode.INVALID_REQUEST, message))
         return Accepted(job_id, S.FAILED, created=True)
     existing = _find(session, job_id)
     if existing is None:

@@ -23,7 +23,7 @@ from worker.delivery import outbox
 from worker.enqueue import collecting
 from worker.runtime import reset_runtime
 
-from . import service
+from . import ends, service
 from .service import Again
 
 log = logging.getLogger("imagegen.tasks")
@@ -62,6 +62,7 @@ def _name_actor(task: Task | None = None, **_: Any) -> None:
     # Events written by this task name the worker node that wrote them.
     jobs.ACTOR.set(str(task.request.hostname) if task is not None else None)
     outbox.start_buffer()  # what ends a job in this task, delivery.tasks publishes after it
+    ends.start()  # the jobs this task ends
 
 
 @app.task(name=names.GENERATE_TASK, bind=True, max_retries=None)

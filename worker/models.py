@@ -75,6 +75,8 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     # An invalid_request's problems: [{"path", "code", "message"}] (api_schema.FieldError).
     errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # the job an operator retried as this one (``imagegen jobs retry``)
+    retry_of: Mapped[str | None] = mapped_column(String(64))
 
     images: Mapped[list[JobImage]] = relationship(
         order_by="JobImage.index", cascade="all, delete-orphan", lazy="raise"
@@ -97,6 +99,14 @@ class Job(Base):
             "status",
             "next_check_at",
             postgresql_where=text(f"status IN ({sql_list(LIVE)})"),
+        ),
+        # A job's retries (``imagegen jobs retry``).
+        Index("ix_jobs_retry_of", "retry_of", postgresql_where=text("retry_of IS NOT NULL")),
+        # Cancelled jobs whose upstream task is still followed for its bill.
+        Index(
+            "ix_jobs_following",
+            "next_check_at",
+            postgresql_where=text("status = 'cancelled' AND next_check_at IS NOT NULL"),
         ),
     )
 

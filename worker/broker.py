@@ -60,6 +60,8 @@ INTERNAL_TASKS: Final[Mapping[str, str]] = {
     names.SUBMIT_TASK: names.UPSTREAM_QUEUE,
     names.POLL_TASK: names.UPSTREAM_QUEUE,
     names.SWEEP_TASK: names.MAINTENANCE_QUEUE,
+    # with the polls: it frees upstream slots, and must not wait behind them in a backlog
+    names.RECLAIM_TASK: names.UPSTREAM_QUEUE,
     names.DELIVER_TASK: names.DELIVERIES_QUEUE,
 }
 INTERNAL_QUEUES: Final = frozenset(INTERNAL_TASKS.values())

@@ -13,6 +13,7 @@ from api_schema.producer import celery_queues
 
 from .broker import SIGNED_TASKS, SignedTask, message_key
 from .config import get_settings
+from .presence import Presence
 
 # One INFO line per upstream request is noise at production rates (and costs CPU).
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -80,6 +81,8 @@ def make_app() -> Celery:
             }
         },
     )
+    # Each worker announces itself and the jobs it holds; peers reclaim a dead one's jobs.
+    app.steps["consumer"].add(Presence)
     return app
 
 

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     stale_after_seconds: float = Field(
         default=60.0, gt=0, description="How late a job's next step may be before the sweeper acts."
     )
+    heartbeat_seconds: float = Field(
+        default=1.0, gt=0, le=30, description="How often a worker announces itself."
+    )
+    node_timeout_seconds: float = Field(
+        default=6.0,
+        gt=0,
+        description="A worker silent for this long is dead: its jobs move on elsewhere.",
+    )
     # Redis re-delivers an unacked message only after this: it is how long the unstarted
     # messages a killed worker had prefetched wait before another worker gets them (the
     # sweeper cannot help with requests that have no job row yet). Every countdown must stay
@@ -157,6 +165,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "poll/retry intervals must stay below a quarter of visibility_timeout_seconds"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeats_fit(self) -> Self:
+        # A node must miss several heartbeats before its peers take it for dead.
+        if self.node_timeout_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError("node_timeout_seconds must be at least 3 heartbeats")
         return self
 
     @model_validator(mode="after")

@@ -109,6 +109,14 @@ def after_poll(state: TaskState | None, error: UpstreamError | None, *, cap: flo
     return Decision(PollAnswer.RUNNING)
 
 
+def followed_end(state: TaskState) -> str:
+    """The event text of a cancelled job's upstream task that ended (what it cost)."""
+    bill = f"billed {state.billing_amount}" if state.billing_amount is not None else "no bill"
+    if state.status == "failed":
+        return f"the upstream task failed after the cancel ({bill})"
+    return f"the upstream task succeeded after the cancel: {len(state.resources)} image(s), {bill}"
+
+
 class SweepAction(StrEnum):
     """What the sweeper does with a job whose next step is overdue."""
 

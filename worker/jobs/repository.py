@@ -30,8 +30,10 @@ from sqlalchemy import (
     Row,
     Table,
     TextClause,
+    and_,
     bindparam,
     func,
+    or_,
     select,
     text,
     update,
@@ -134,7 +136,11 @@ _CLAIM_POLL: Final = (
     update(J)
     .where(
         J.c.id == bindparam("p_id"),
-        J.c.status.in_([S.PENDING.value, S.PROCESSING.value]),
+        or_(
+            J.c.status.in_([S.PENDING.value, S.PROCESSING.value]),
+            # a cancelled job whose upstream task is still followed for its bill
+            and_(J.c.status == S.CANCELLED.value, J.c.next_check_at.is_not(None)),
+        ),
         J.c.poll_count == bindparam("p_seq"),
         J.c.upstream_task_id.is_not(None),
     )
@@ -184,11 +190,27 @@ class After:
     seconds: float
 
 
+@dataclass(frozen=True)
+class _Expr:
+    """A transition value computed from the row's columns (a constant of this module)."""
+
+    sql: str
+
+
+#: ``next_check_at`` of a job cancelled while the upstream may still run its task: kept, so
+#: its poll chain goes on quietly (no slot held) until the task ends and its bill is known.
+_FOLLOW_UPSTREAM: Final = _Expr(
+    "CASE WHEN jobs.upstream_task_id IS NOT NULL THEN coalesce(jobs.next_check_at, now()) END"
+)
+
+
 def _assignment(column: str, value: object, params: dict[str, Any]) -> str:
     if column not in J.c:
         raise ValueError(f"jobs has no column {column!r}")
     if value is NOW:
         return f"{column} = now()"
+    if isinstance(value, _Expr):
+        return f"{column} = {value.sql}"
     params[column] = float(value.seconds) if isinstance(value, After) else value
     if isinstance(value, After):
         return f"{column} = now() + make_interval(secs => :{column})"
@@ -299,10 +321,12 @@ def fail(
 ) -> bool:
     """End a live job as failed with ``code``; False when it was no longer in ``expected``.
 
-    With ``unsent``, a ``submitting`` job whose POST has started is not ended.
+    With ``unsent``, a ``submitting`` job whose POST has started is not ended. A cancelled
+    job whose upstream task exists keeps being polled until that task ends (its bill).
     """
     to = S.CANCELLED if code is ErrorCode.CANCELLED else S.FAILED
     message = message[:MAX_ERROR_MESSAGE]
+    follow: dict[str, Any] = {"next_check_at": _FOLLOW_UPSTREAM} if to is S.CANCELLED else {}
     left = transition(
         session,
         job_id,
@@ -312,6 +336,7 @@ def fail(
         detail=f"{code.value}: {message}",
         error_code=code.value,
         error_message=message,
+        **follow,
     )
     return left is not None
 
@@ -822,7 +847,57 @@ def succeed(
     return left is not None
 
 
-def cancel(session: Db, job_id: str, *, tenant: str | None = None) -> tuple[bool, JobStatus | None]:
+_SETTLE_FOLLOWED: Final = text(
+    "WITH moved AS (UPDATE jobs SET next_check_at = NULL, updated_at = now(), "
+    "billing_amount = coalesce(:p_bill, billing_amount), "
+    "duration_ms = coalesce(:p_duration, duration_ms), "
+    "upstream_request_id = coalesce(:p_request_id, upstream_request_id) "
+    "WHERE id = :p_id AND status = 'cancelled' AND next_check_at IS NOT NULL RETURNING id) "
+    "INSERT INTO job_events (job_id, from_status, to_status, detail, worker) "
+    "SELECT id, 'cancelled', 'cancelled', :p_detail, :p_worker FROM moved RETURNING job_id"
+)
+
+
+def followed_poll(session: Db, job_id: str) -> int | None:
+    """The next poll's sequence number of a cancelled job still followed, else None."""
+    return cast(
+        "int | None",
+        _scalar(
+            session,
+            select(J.c.poll_count).where(
+                J.c.id == job_id,
+                J.c.status == S.CANCELLED.value,
+                J.c.next_check_at.is_not(None),
+            ),
+        ),
+    )
+
+
+def settle_followed(
+    session: Db,
+    job_id: str,
+    detail: str,
+    *,
+    billing_amount: Decimal | None = None,
+    duration_ms: int | None = None,
+    request_id: str | None = None,
+) -> bool:
+    """A cancelled job's upstream task ended (or is no longer followed): record what it
+    cost, stop polling it. The job stays ``cancelled``; an event says what happened."""
+    params = {
+        "p_id": job_id,
+        "p_bill": billing_amount,
+        "p_duration": duration_ms,
+        "p_request_id": request_id,
+        "p_detail": detail[:MAX_ERROR_MESSAGE],
+        "p_worker": ACTOR.get(),
+    }
+    return _run(session, _SETTLE_FOLLOWED, params).first() is not None
+
+
+def cancel(
+    session: Db, job_id: str, *, tenant: str | None = None, reason: str = "cancelled by request"
+) -> tuple[bool, JobStatus | None]:
     """Cancel a job that is queued, or stop polling one already submitted; (done, status
     now), status None when there is no such job (of ``tenant``, when given).
 
@@ -841,7 +916,7 @@ def cancel(session: Db, job_id: str, *, tenant: str | None = None) -> tuple[bool
         session,
         found.id,
         ErrorCode.CANCELLED,
-        "cancelled by request",
+        reason,
         expected=expected,
         unsent=True,
     )
@@ -1068,6 +1143,13 @@ def expire_overdue(session: Db) -> list[str]:
     ]
 
 
+#: Jobs somebody must move on: those holding a slot, and cancelled jobs still followed.
+_MOVES_ON: Final = or_(
+    J.c.status.in_([s.value for s in HOLDING_SLOT]),
+    and_(J.c.status == S.CANCELLED.value, J.c.next_check_at.is_not(None)),
+)
+
+
 @dataclass(frozen=True)
 class Overdue:
     """A live job whose next step is later than it should be."""
@@ -1087,13 +1169,29 @@ def take_overdue(session: Db, *, stale_after: float, recheck_in: float) -> list[
     rows = _run(
         session,
         update(J)
-        .where(
-            J.c.status.in_([s.value for s in HOLDING_SLOT]),
-            J.c.next_check_at < _later("p_stale"),
-        )
+        .where(_MOVES_ON, J.c.next_check_at < _later("p_stale"))
         .values(next_check_at=_later("p_recheck"))
         .returning(J.c.id, J.c.status, J.c.submit_started_at, J.c.poll_count),
         {"p_stale": timedelta(seconds=-stale_after), "p_recheck": timedelta(seconds=recheck_in)},
+    ).all()
+    return [
+        Overdue(r.id, JobStatus(r.status), r.submit_started_at is not None, r.poll_count)
+        for r in rows
+    ]
+
+
+def take_held(session: Db, job_ids: Sequence[str], *, recheck_in: float) -> list[Overdue]:
+    """Claim the jobs among ``job_ids`` (held by a worker that died) that still wait for a
+    next step, and push their next check forward, as :func:`take_overdue` does."""
+    if not job_ids:
+        return []
+    rows = _run(
+        session,
+        update(J)
+        .where(J.c.id.in_(bindparam("p_ids", expanding=True)), _MOVES_ON)
+        .values(next_check_at=_later("p_recheck"))
+        .returning(J.c.id, J.c.status, J.c.submit_started_at, J.c.poll_count),
+        {"p_ids": list(job_ids), "p_recheck": timedelta(seconds=recheck_in)},
     ).all()
     return [
         Overdue(r.id, JobStatus(r.status), r.submit_started_at is not None, r.poll_count)
@@ -1148,6 +1246,7 @@ __all__ = [
     "expire_overdue",
     "fail",
     "find_by_key",
+    "followed_poll",
     "image_href",
     "insert_job_params",
     "job_href",
@@ -1163,9 +1262,11 @@ __all__ = [
     "record_submitted",
     "requeue",
     "resolve",
+    "settle_followed",
     "stored_copy",
     "submittable",
     "succeed",
+    "take_held",
     "take_overdue",
     "transition",
     "view",

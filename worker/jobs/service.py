@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from api_schema import ErrorCode, ImageView, JobStatus, names, unstorable_at
-from worker import jobs
+from worker import jobs, presence
 from worker.broker import usable_job_id
 from worker.config import get_settings
 from worker.db import autocommit, transaction
@@ -134,6 +134,7 @@ def dispatch(*, inline: int = 0) -> list[str]:
     """
     with autocommit() as connection:
         admitted = jobs.admit(connection, get_runtime().settings.upstream_concurrency)
+    presence.hold(admitted)  # until this task ends: its peers reclaim them if it dies
     for job_id in decisions.split_admitted(admitted, inline)[1]:
         later(names.SUBMIT_TASK, job_id)
     return admitted
@@ -278,6 +279,8 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
         ticket = jobs.claim_poll(session, job_id, seq, hold_for=hold_for)
     if ticket is None:
         return "stale"
+    if ticket.status is JobStatus.CANCELLED:
+        return _follow(runtime, job_id, ticket, retries)
     if ticket.overdue:
         _end(
             job_id,
@@ -371,6 +374,48 @@ def _finish(
     return "succeeded" if failure is None else "failed"
 
 
+def _follow(runtime: Runtime, job_id: str, ticket: jobs.PollTicket, retries: int) -> str | Again:
+    """Poll the upstream task of a cancelled job, quietly, until it ends: the upstream has
+    no cancel, so the task runs on and is billed; its bill is recorded, the job stays
+    ``cancelled`` and holds no slot."""
+    settings = runtime.settings
+    if ticket.overdue:
+        _settle_followed(job_id, "stopped following the upstream task: the deadline passed")
+        return "unfollowed"
+    wait = runtime.gate.acquire()
+    if wait > 0:
+        return Again((job_id, ticket.seq), wait)
+    state: TaskState | None = None
+    error: UpstreamError | None = None
+    try:
+        state = runtime.upstream.get_task(ticket.upstream_task_id)
+    except UpstreamError as exc:
+        error = exc
+    decision = decisions.after_poll(state, error, cap=settings.retry_max_interval_seconds)
+    _throttle(runtime, decision)
+    if decision.answer is PollAnswer.RETRY:
+        floor = error.retry_after if error is not None else None
+        return Again((job_id, ticket.seq), retry_delay(retries, settings, floor=floor))
+    if decision.answer in (PollAnswer.STARTED, PollAnswer.RUNNING):
+        return Again((job_id, ticket.seq), poll_delay(ticket.seq, settings))
+    if state is None:  # refused for good (404, 401...): nothing more to learn
+        _settle_followed(job_id, f"stopped following the upstream task: {decision.message}")
+        return "unfollowed"
+    _settle_followed(
+        job_id,
+        decisions.followed_end(state),
+        billing_amount=state.billing_amount,
+        duration_ms=state.duration_ms,
+        request_id=state.request_id,
+    )
+    return "followed"
+
+
+def _settle_followed(job_id: str, detail: str, **outcome: Any) -> None:
+    with autocommit() as session:  # one statement
+        jobs.settle_followed(session, job_id, detail, **outcome)
+
+
 # --- ends ----------------------------------------------------------------------------------
 
 
@@ -451,21 +496,7 @@ def sweep() -> dict[str, int]:
             stale_after=settings.stale_after_seconds,
             recheck_in=settings.read_timeout + settings.retry_max_interval_seconds,
         )
-    republished = unknown = 0
-    for job in overdue:
-        action = decisions.sweep_action(job)
-        if action is SweepAction.OUTCOME_UNKNOWN:
-            # The POST was sent and nobody recorded its answer: never sent blindly again.
-            _outcome_unknown(
-                job.job_id, "the worker sending it stopped before the answer was stored"
-            )
-            unknown += 1
-        elif action is SweepAction.SUBMIT:
-            later(names.SUBMIT_TASK, job.job_id)
-            republished += 1
-        else:
-            later(names.POLL_TASK, job.job_id, job.poll_count)
-            republished += 1
+    republished, unknown = _move_on(overdue)
     admitted = dispatch()  # nothing inline: every admitted job gets its submit message
     with transaction() as connection:
         lost = outbox.take_overdue(
@@ -485,3 +516,61 @@ def sweep() -> dict[str, int]:
     if any(result.values()):
         log.info("sweep: %s", result)
     return result
+
+
+def _move_on(overdue: list[jobs.Overdue]) -> tuple[int, int]:
+    """Send the next step of each job nobody moves on; (republished, outcome unknown)."""
+    republished = unknown = 0
+    for job in overdue:
+        action = decisions.sweep_action(job)
+        if action is SweepAction.OUTCOME_UNKNOWN:
+            # The POST was sent and nobody recorded its answer: never sent blindly again.
+            _outcome_unknown(
+                job.job_id, "the worker sending it stopped before the answer was stored"
+            )
+            unknown += 1
+        elif action is SweepAction.SUBMIT:
+            later(names.SUBMIT_TASK, job.job_id)
+            republished += 1
+        else:
+            later(names.POLL_TASK, job.job_id, job.poll_count)
+            republished += 1
+    return republished, unknown
+
+
+def reclaim(node: str) -> dict[str, int]:
+    """Move on every job a dead worker held (``worker/presence.py``): at once, instead of
+    when the sweeper finds them late. Their slots come back as soon as the upstream says
+    their tasks ended; a job whose POST the dead worker had started ends as
+    ``submit_outcome_unknown`` (never sent twice), as the sweeper would decide."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    held = presence.holdings(runtime.redis, node)
+    with transaction() as session:
+        taken = jobs.take_held(
+            session, held, recheck_in=settings.read_timeout + settings.retry_max_interval_seconds
+        )
+    republished, unknown = _move_on(taken)
+    presence.forget(runtime.redis, node)
+    result = {
+        "held": len(held),
+        "republished": republished,
+        "outcome_unknown": unknown,
+        "admitted": len(dispatch()),
+    }
+    log.warning("reclaimed the jobs of dead worker %s: %s", node, result)
+    return result
+
+
+def revoked(job_id: str) -> None:
+    """A job's submit or poll was revoked by an operator: the job is cancelled (its
+    upstream task, if any, still followed for its bill) and its slot refilled."""
+    with autocommit() as session:
+        done, _ = jobs.cancel(session, job_id, reason="its task was revoked by an operator")
+        follow_from = jobs.followed_poll(session, job_id) if done else None
+    if not done:
+        return
+    log.warning("job %s cancelled: its task was revoked", job_id)
+    if follow_from is not None:  # a new chain: the revoked task id stays revoked
+        later(names.POLL_TASK, job_id, follow_from)
+    dispatch()

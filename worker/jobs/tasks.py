@@ -8,14 +8,14 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import task_prerun, worker_process_init
+from celery.signals import task_postrun, task_prerun, task_revoked, worker_process_init
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api_schema import names
-from worker import jobs
+from worker import jobs, presence
 from worker.celery_app import app
 from worker.config import get_settings
 from worker.db import reset_engine
@@ -63,6 +63,36 @@ def _name_actor(task: Task | None = None, **_: Any) -> None:
     jobs.ACTOR.set(str(task.request.hostname) if task is not None else None)
     outbox.start_buffer()  # what ends a job in this task, delivery.tasks publishes after it
     ends.start()  # the jobs this task ends
+
+
+@task_postrun.connect
+def _release(**_: Any) -> None:
+    presence.release()  # what it admitted has its messages in the broker now
+
+
+@task_revoked.connect
+def _revoked(
+    sender: Task | None = None, request: Any = None, expired: bool = False, **_: Any
+) -> None:
+    # An operator revoked a job's submit or poll (Flower's "Revoke"): its chain stops here,
+    # so the job is cancelled now rather than left holding a slot until the sweeper. Its
+    # upstream task is still followed for its bill (a new poll message: the revoked id stays
+    # revoked). Runs in the worker's consumer; rare, one statement and a few messages.
+    if expired or sender is None or sender.name not in (names.POLL_TASK, names.SUBMIT_TASK):
+        return
+    args = getattr(request, "args", None)  # the revoked message's Context
+    job_id = args[0] if args else None
+    if not isinstance(job_id, str):
+        return
+    from worker.delivery.tasks import publish_deliveries
+
+    outbox.start_buffer()
+    try:
+        with collecting():
+            service.revoked(job_id)
+        publish_deliveries()  # the producer hears of the cancel
+    except Exception:  # the sweeper still finds the job and its deliveries
+        log.exception("job %s: acting on the revoke failed", job_id)
 
 
 @app.task(name=names.GENERATE_TASK, bind=True, max_retries=None)
@@ -118,3 +148,12 @@ def sweep() -> dict[str, int]:
     """Move on every job whose next step is overdue (a lost message, a killed worker)."""
     with collecting():
         return service.sweep()
+
+
+@app.task(name=names.RECLAIM_TASK, **{**RETRY_INFRA, "max_retries": 5})
+def reclaim(node: str) -> dict[str, int]:
+    """Move on the jobs of a worker that died (see ``worker/presence.py``)."""
+    if not isinstance(node, str):
+        return {}
+    with collecting():
+        return service.reclaim(node)

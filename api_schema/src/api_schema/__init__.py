@@ -35,6 +35,7 @@ from .names import (
     POLL_TASK,
     REQUESTS_QUEUE,
     SUBMIT_TASK,
+    RECLAIM_TASK,
     SWEEP_TASK,
     UPSTREAM_QUEUE,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "POLL_TASK",
     "REQUESTS_QUEUE",
     "SUBMIT_TASK",
+    "RECLAIM_TASK",
     "SWEEP_TASK",
     "TERMINAL_STATUSES",
     "UPSTREAM_QUEUE",

@@ -7,6 +7,8 @@ GENERATE_TASK: Final = "imagegen.generate"
 SUBMIT_TASK: Final = "imagegen.submit"
 POLL_TASK: Final = "imagegen.poll"
 SWEEP_TASK: Final = "imagegen.sweep"
+#: Moves on the jobs a dead worker held (internal: sent by the workers themselves).
+RECLAIM_TASK: Final = "imagegen.reclaim"
 #: Sends one outbox row (a Celery reply or a webhook) of an ended job.
 DELIVER_TASK: Final = "imagegen.deliver"
 

@@ -279,3 +279,14 @@ def test_prometheus_scrapes_the_snapshot_and_the_workers_series(
         "histogram_quantile(0.5, sum by (le) (imagegen_upstream_request_duration_seconds_bucket))",
     )
     assert 0 < median <= 60
+
+
+def test_every_dashboard_query_is_promql_prometheus_accepts(known: Known, prometheus: str) -> None:
+    dashboard = Path(__file__).resolve().parents[2] / "deploy/grafana/imagegen-dashboard.json"
+    panels = json.loads(dashboard.read_text())["panels"]
+    exprs = [t["expr"] for panel in panels for t in panel["targets"]]
+    assert exprs
+    for expr in exprs:
+        answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+        assert answer.status_code == 200, f"{expr}: {answer.text}"
+        assert answer.json()["status"] == "success", expr

@@ -124,7 +124,10 @@ class ImagegenCollector(Collector):
         started = time.perf_counter()
         ok = 1.0
         try:
-            yield from snapshot_metrics(self._reader.take())
+            snap = self._reader.take()
+            if snap.requests is None:  # the database answered, Redis did not
+                ok = 0.0
+            yield from snapshot_metrics(snap)
         except Exception as exc:  # noqa: BLE001 - a scrape answers whatever it can read
             ok = 0.0
             log.warning("snapshot failed: %s", type(exc).__name__)

@@ -313,3 +313,27 @@ def test_basic_auth_guards_metrics() -> None:
     assert _call(guarded, "Basic !!notbase64").startswith("401")
     assert _call(guarded, "Bearer prom:s3cret").startswith("401")
     assert basic_auth(ok, None) is ok
+
+
+def test_the_upstream_client_reports_each_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import SecretStr
+
+    from worker.upstream.client import ModellixClient, RetryableError
+
+    seen: list[tuple[str, str, ThrottleKind | None]] = []
+    monkeypatch.setattr(observe, "_upstream", lambda e, o, s, k: seen.append((e.value, o.value, k)))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            body = {"code": 429, "message": "Concurrent limit exceeded: 3 tasks running"}
+            return httpx.Response(429, json=body, headers={"Retry-After": "1"})
+        raise httpx.ReadTimeout("slow", request=request)
+
+    client = ModellixClient(
+        "http://upstream.test", SecretStr("k" * 32), transport=httpx.MockTransport(answer)
+    )
+    with pytest.raises(RetryableError):
+        client.submit({"prompt": "x"})
+    with pytest.raises(RetryableError):
+        client.get_task("task-1")
+    assert seen == [("submit", "429", ThrottleKind.CONCURRENCY), ("task", "timeout", None)]

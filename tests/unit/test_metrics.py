@@ -337,3 +337,21 @@ def test_the_upstream_client_reports_each_request(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(RetryableError):
         client.get_task("task-1")
     assert seen == [("submit", "429", ThrottleKind.CONCURRENCY), ("task", "timeout", None)]
+
+
+def test_the_exporter_refuses_another_address_without_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+    from worker.config import get_settings
+
+    monkeypatch.delenv("IMAGEGEN_METRICS_BASIC_AUTH", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["metrics", "--host", "0.0.0.0", "--port", "1"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "IMAGEGEN_METRICS_BASIC_AUTH" in result.output

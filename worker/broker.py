@@ -698,7 +698,6 @@ def record_verdict(verdict: Refuse | Drop, queue: str, size: int) -> None:
             verdict.reason,
         )
         return
-    observe.message_dropped(verdict.reason)
     log.error(
         "dropped a message from %s (task %s, id %s, %d bytes): %s",
         queue,
@@ -716,6 +715,7 @@ def record_verdict(verdict: Refuse | Drop, queue: str, size: int) -> None:
             size=size,
             reason=verdict.reason[:2000],
         )
+    observe.message_dropped(verdict.reason)  # once recorded: an entry put back is counted once
 
 
 #: Failures that mean "the database is away": the entry goes back to its queue.

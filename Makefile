@@ -23,11 +23,15 @@ install: $(UV) ## create .venv from uv.lock
 services: ## start local Redis/PostgreSQL if they are down
 	@scripts/ensure-services.sh
 
-tools: ## system tools the tests use (docker-compose, only to validate the compose file)
+tools: ## system tools the tests use (docker-compose to validate the compose file; prometheus)
 	@command -v docker-compose >/dev/null || { \
 	  echo "installing Debian's docker-compose (used offline: 'config' only)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
+	@command -v prometheus >/dev/null || { \
+	  echo "installing Debian's prometheus (the tests run the binary; its service is not used)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 
 node-deps: ## npm packages of the Node.js tests (a webhook verifier, a plain Redis consumer)
 	@command -v npm >/dev/null || { echo "npm is needed for the Node.js tests" >&2; exit 1; }
@@ -58,6 +62,7 @@ compose-config: tools ## validate docker-compose.yml offline
 	IMAGEGEN_REDIS_PRODUCER_PASSWORD=$${IMAGEGEN_REDIS_PRODUCER_PASSWORD:-check-producer-0123} \
 	IMAGEGEN_REDIS_WORKER_PASSWORD=$${IMAGEGEN_REDIS_WORKER_PASSWORD:-check-worker-0123} \
 	IMAGEGEN_API_TOKENS=$${IMAGEGEN_API_TOKENS:-check:check-token-0123456789abcdef} \
+	IMAGEGEN_METRICS_PASSWORD=$${IMAGEGEN_METRICS_PASSWORD:-check-metrics-0123} \
 	docker-compose -f docker-compose.yml config --quiet
 
 clean: ## remove local state (not .venv)

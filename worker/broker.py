@@ -49,6 +49,8 @@ from api_schema import names
 from api_schema.models import MAX_REQUEST_BYTES
 
 from .config import get_settings
+from .metrics import observe
+from .metrics.series import DropReason
 
 log = logging.getLogger("imagegen.broker")
 
@@ -715,6 +717,7 @@ def record_verdict(verdict: Refuse | Drop, queue: str, size: int) -> None:
             size=size,
             reason=verdict.reason[:2000],
         )
+    observe.message_dropped(verdict.reason)  # once recorded: an entry put back is counted once
 
 
 #: Failures that mean "the database is away": the entry goes back to its queue.
@@ -763,6 +766,7 @@ class _GuardedChannel(kombu_redis.Channel):
             entry, why = _json(item)
             if why:
                 log.error("dropped an entry from %s that %s", queue, why)
+                observe.message_dropped(DropReason.FANOUT)
                 return
             self.connection._deliver(entry, queue)
             return
@@ -810,6 +814,7 @@ class GuardedRedisTransport(kombu_redis.Transport):
             problem = envelope_problem(message)
             if problem is not None:
                 log.error("dropped a malformed message for %s: %s", queue, problem)
+                observe.message_dropped(DropReason.FANOUT)
                 return
         super()._deliver(message, queue)
 

@@ -451,6 +451,59 @@ def dropped(
     out.print(table)
 
 
+def _snapshot_reader(settings: Settings) -> Any:
+    from .metrics.snapshot import Reader
+
+    return Reader(
+        settings.limiter_redis_url,
+        rpm=settings.upstream_rpm,
+        slots_limit=settings.upstream_concurrency,
+    )
+
+
+@app.command()
+def metrics(
+    host: Annotated[str | None, typer.Option(help="Address (IMAGEGEN_METRICS_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (IMAGEGEN_METRICS_PORT).")] = None,
+) -> None:
+    """Serve Prometheus metrics on /metrics: the service now and what every worker observed."""
+    import ipaddress
+    import logging
+
+    from .metrics.exporter import serve
+
+    settings = _settings()
+    host = host or settings.metrics_host
+    auth = settings.metrics_basic_auth
+    credentials = auth.get_secret_value() if auth is not None else None
+    if credentials is not None and ":" not in credentials:
+        err.print("[red]IMAGEGEN_METRICS_BASIC_AUTH must be user:password[/]")
+        raise typer.Exit(2)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if credentials is None and not loopback:
+        err.print(f"[red]binding {host} needs IMAGEGEN_METRICS_BASIC_AUTH (user:password)[/]")
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    serve(_snapshot_reader(settings), host, port or settings.metrics_port, credentials)
+
+
+@app.command()
+def top(
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON snapshot.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between frames.")] = 1.0,
+) -> None:
+    """A live view of the service: backlog, slots, request budget, errors, stuck jobs."""
+    from .metrics.top import run
+
+    settings = _settings()
+    _check_database(settings)
+    run(_snapshot_reader(settings).take, once=once, as_json=as_json, interval=interval, console=out)
+
+
 def main() -> None:
     """Entry point of the ``imagegen`` script."""
     app()

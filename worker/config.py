@@ -153,6 +153,15 @@ class Settings(BaseSettings):
     )
     flower_basic_auth: SecretStr | None = None
     flower_port: int = 5555
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics exporter binds; another than loopback needs "
+        "metrics_basic_auth.",
+    )
+    metrics_port: int = Field(default=9464, ge=1, le=65535, description="The exporter's port.")
+    metrics_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password that every request to /metrics must carry."
+    )
 
     @model_validator(mode="after")
     def _countdowns_below_visibility(self) -> Self:

@@ -27,20 +27,26 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-SERVICES = {"redis", "postgres", "migrate", "simulator", "worker", "beat", "api", "flower"}
-APP_SERVICES = SERVICES - {"redis", "postgres"}
+SERVICES = {
+    "redis", "postgres", "migrate", "simulator", "worker", "beat", "api", "flower", "metrics",
+    "prometheus",
+}  # fmt: skip
+APP_SERVICES = SERVICES - {"redis", "postgres", "prometheus"}
 FLOWER_AUTH = "tester:not-a-real-password"
 PRODUCER_PASSWORD = "producer-Pw.not_real~0123"
 WORKER_PASSWORD = "worker-Pw.not_real~4567"
 API_TOKENS = "acme:not-a-real-token-0123456789"
+METRICS_PASSWORD = "metrics-Pw.not_real~8910"
 #: What `docker compose up` requires (the `${VAR:?...}` of the file); nothing else is set.
 REQUIRED_ENV = {
     "IMAGEGEN_FLOWER_BASIC_AUTH": FLOWER_AUTH,
     "IMAGEGEN_REDIS_PRODUCER_PASSWORD": PRODUCER_PASSWORD,
     "IMAGEGEN_REDIS_WORKER_PASSWORD": WORKER_PASSWORD,
     "IMAGEGEN_API_TOKENS": API_TOKENS,
+    "IMAGEGEN_METRICS_PASSWORD": METRICS_PASSWORD,
 }
 REDIS_DEPLOY = ROOT / "deploy" / "redis"
+PROMETHEUS_DEPLOY = ROOT / "deploy" / "prometheus"
 # Variables a developer's shell may hold that would change what the file resolves to.
 _CLEARED_PREFIXES = ("IMAGEGEN_", "MODELLIX_", "SIM_", "COMPOSE_", "POSTGRES_")
 
@@ -272,6 +278,31 @@ def test_api_is_healthchecked_and_pushes_requests_as_the_producer(
     assert _mounts(api)["/data/images"][0] == _mounts(services["worker"])["/data/images"][0]
     assert any(str(p).split("/")[0].endswith(":8000") for p in api.get("ports", []))
     assert _conditions(api).get("migrate") == "service_completed_successfully"
+
+
+def test_metrics_exporter_requires_basic_auth_and_prometheus_scrapes_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    metrics, prometheus = services["metrics"], services["prometheus"]
+    assert _environment(metrics)["IMAGEGEN_METRICS_BASIC_AUTH"] == f"prometheus:{METRICS_PASSWORD}"
+    assert _command(metrics)[:3] == ["metrics", "--host", "0.0.0.0"]
+    port = _command(metrics)[_command(metrics).index("--port") + 1]
+    assert any(str(p).split("/")[0].endswith(f":{port}") for p in metrics.get("ports", []))
+    assert _conditions(metrics).get("migrate") == "service_completed_successfully"
+    # Prometheus reads deploy/prometheus/prometheus.yml, scraping the exporter with the
+    # password its entrypoint writes from the environment (never in the file or argv)
+    source, mode = _mounts(prometheus)["/etc/imagegen-prometheus"]
+    assert (Path(source).resolve(), mode) == (PROMETHEUS_DEPLOY, "ro")
+    entry = " ".join(prometheus["entrypoint"])
+    assert "--config.file=/etc/imagegen-prometheus/prometheus.yml" in entry
+    assert METRICS_PASSWORD not in entry
+    assert _environment(prometheus)["IMAGEGEN_METRICS_PASSWORD"] == METRICS_PASSWORD
+    scrape = _yaml().safe_load((PROMETHEUS_DEPLOY / "prometheus.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [f"metrics:{port}"]
+    assert job["basic_auth"]["username"] == "prometheus"
+    assert job["basic_auth"]["password_file"].startswith("/prometheus/")
+    assert job["basic_auth"]["password_file"] in entry
 
 
 @pytest.mark.parametrize("variable", sorted(REQUIRED_ENV))

@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from api_schema import ErrorCode, JobStatus
+from worker.metrics import observe
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ def start() -> None:
 
 def announce(end: Ended) -> None:
     """A job just ended (its statement has run)."""
+    observe.job_ended(end)
     collected = _ended.get()
     if collected is not None:
         collected.append(end)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -150,6 +151,7 @@ _CLAIM_POLL: Final = (
         J.c.status,
         J.c.deadline_at <= func.now(),
         func.extract("epoch", J.c.deadline_at - func.now()),
+        func.extract("epoch", func.now() - J.c.submitted_at),  # metrics: detection lag
     )
 )
 
@@ -784,6 +786,9 @@ class PollTicket:
     seq: int
     overdue: bool  # the job's deadline has passed
     left: float = 0.0  # seconds until the job's deadline (negative once past)
+    # metrics (detection lag): seconds since submitted_at at the claim, and when claimed
+    submitted_ago: float | None = None
+    claimed_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 def claim_poll(session: Db, job_id: str, seq: int, *, hold_for: float) -> PollTicket | None:
@@ -796,7 +801,8 @@ def claim_poll(session: Db, job_id: str, seq: int, *, hold_for: float) -> PollTi
     row = _run(session, _CLAIM_POLL, params).first()
     if row is None:
         return None
-    return PollTicket(str(row[0]), JobStatus(row[1]), seq + 1, bool(row[2]), float(row[3]))
+    ago = float(row[4]) if row[4] is not None else None
+    return PollTicket(str(row[0]), JobStatus(row[1]), seq + 1, bool(row[2]), float(row[3]), ago)
 
 
 def mark_processing(session: Db, job_id: str) -> bool:

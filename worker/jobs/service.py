@@ -23,6 +23,7 @@ from worker.config import get_settings
 from worker.db import autocommit, transaction
 from worker.delivery import outbox, targets
 from worker.enqueue import later
+from worker.metrics import observe
 from worker.runtime import Runtime, get_runtime
 from worker.storage import StorageError, StoredImage, copy_image
 from worker.upstream.client import TASK_ID, OutcomeUnknownError, TaskState, UpstreamError
@@ -306,6 +307,7 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
     if decision.answer in (PollAnswer.ENDED, PollAnswer.FAILED):
         assert decision.code is not None
         _end(job_id, decision.code, decision.message, refill=True)
+        observe.poll_ended(ticket, None)
         return str(decision.answer)
     if decision.answer is PollAnswer.SUCCEEDED:
         assert state is not None
@@ -370,6 +372,7 @@ def _finish(
     with autocommit() as session:  # one statement
         done = jobs.succeed(session, job_id, outcome, failure=failure)
     if done:
+        observe.poll_ended(ticket, state.duration_ms)
         admit_and_post()  # its slot is free: refill it from here
     return "succeeded" if failure is None else "failed"
 
@@ -513,6 +516,7 @@ def sweep() -> dict[str, int]:
         "admitted": len(admitted),
         "deliveries": len(lost),
     }
+    observe.swept(result)
     if any(result.values()):
         log.info("sweep: %s", result)
     return result

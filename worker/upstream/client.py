@@ -42,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from api_schema import ErrorCode
 from worker.config import SUBMIT_PATH, TASK_PATH
+from worker.metrics import observe
+from worker.metrics.series import Endpoint
 
 #: Statuses after which a GET may be repeated.
 RETRYABLE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
@@ -431,7 +433,9 @@ class ModellixClient:
     def submit(self, payload: dict[str, Any]) -> Submitted:
         """POST one generation. Raises RetryableError, PermanentError or OutcomeUnknownError."""
         try:
-            response = self._http.post(SUBMIT_PATH, json=payload)
+            response = observe.upstream_call(
+                Endpoint.SUBMIT, lambda: self._http.post(SUBMIT_PATH, json=payload)
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Nothing reached the upstream: safe to try again.
             raise RetryableError(self._describe(exc)) from None
@@ -462,7 +466,9 @@ class ModellixClient:
         if not TASK_ID.fullmatch(task_id):
             raise PermanentError(f"not a task id: {self._redact.quote(task_id)}", status=404)
         try:
-            response = self._http.get(TASK_PATH.format(task_id=task_id))
+            response = observe.upstream_call(
+                Endpoint.TASK, lambda: self._http.get(TASK_PATH.format(task_id=task_id))
+            )
         except httpx.HTTPError as exc:
             raise RetryableError(self._describe(exc)) from None
         if response.status_code in RETRYABLE_STATUSES:

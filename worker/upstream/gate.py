@@ -48,6 +48,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return math.max(0, tonumber(redis.call('GET', KEYS[1]) or '0') - now)
 """
+_USED: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')
+"""
 # The upstream's window is 60 s; a second of margin absorbs network delay between the two.
 WINDOW_MS: Final = 61_000
 
@@ -61,6 +66,12 @@ class UpstreamGate:
         self._acquire = redis.register_script(_ACQUIRE)
         self._pause = redis.register_script(_PAUSE)
         self._paused_for = redis.register_script(_PAUSED_FOR)
+        self._used = redis.register_script(_USED)
+
+    @property
+    def budget(self) -> int:
+        """Requests allowed in any window (0: the limiter is off)."""
+        return self._rpm
 
     def acquire(self) -> float:
         """Take one request from the budget: 0.0 to go now, else seconds to wait first."""
@@ -74,3 +85,11 @@ class UpstreamGate:
     def paused_for(self) -> float:
         """Seconds left of a pause, 0.0 when none."""
         return int(self._paused_for(keys=self._keys[1:])) / 1000.0
+
+    def used(self) -> int:
+        """Requests counted against the budget in the current window; takes no token.
+
+        Read-only: counts the entries ``acquire`` would still see (newer than the window),
+        without trimming the log.
+        """
+        return int(self._used(keys=self._keys[:1], args=[WINDOW_MS]))

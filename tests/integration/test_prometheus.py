@@ -230,6 +230,7 @@ def _query(prometheus: str, promql: str) -> list[tuple[dict[str, str], float]]:
 def _value(prometheus: str, promql: str) -> float:
     result = _query(prometheus, promql)
     assert len(result) == 1, f"{promql}: {result}"
+    print(f"PROMQL {promql} => {result[0][1]:g}")  # shown with -s: what Prometheus answered
     return result[0][1]
 
 

@@ -136,6 +136,9 @@ def flower(
     os.environ["FLOWER_BASIC_AUTH"] = auth.get_secret_value()
     os.environ.setdefault("FLOWER_PURGE_OFFLINE_WORKERS", "60")
     from .celery_app import app as celery_app
+    from .ops.flower import protect_metrics
+
+    protect_metrics()  # Flower leaves /metrics open; ours asks for the same credentials
 
     celery_app.start(["flower", f"--port={port or settings.flower_port}", f"--address={address}"])
 

@@ -117,3 +117,36 @@ def test_cancelled_and_succeeded_jobs_and_the_sweeper_do_not_fail_tasks() -> Non
     failures.check(names.POLL_TASK, [Ended("x", JobStatus.CANCELLED, ErrorCode.CANCELLED)])
     failures.check(names.GENERATE_TASK, [Ended("y", JobStatus.SUCCEEDED)])
     failures.check(names.SWEEP_TASK, [Ended("z", JobStatus.FAILED, ErrorCode.DEADLINE_EXCEEDED)])
+
+
+def test_messages_the_workers_publish_carry_the_summaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.broker import SignedTask
+    from worker.ops.taskclass import ObservedTask
+
+    sent: dict[str, object] = {}
+
+    def capture(self: object, args: object, kwargs: object, **options: object) -> None:
+        sent.update(options)
+
+    monkeypatch.setattr(SignedTask, "apply_async", capture)
+
+    class Generate(ObservedTask):
+        name = names.GENERATE_TASK
+
+    request = {"prompt": "p" * 100 + SECRET, "subject_reference_images": [_data_url("png", 99)]}
+    Generate().apply_async(kwargs={"request": request}, countdown=2)  # a request's retry
+    assert sent["argsrepr"] == "()"
+    assert SECRET not in str(sent["kwargsrepr"])
+    assert "<png 99 B>" in str(sent["kwargsrepr"])
+    assert sent["countdown"] == 2
+
+
+def test_a_summary_never_fails() -> None:
+    class Hostile(dict[str, object]):
+        def items(self) -> object:  # type: ignore[override]
+            raise RuntimeError("boom")
+
+    assert redact.summarize(names.GENERATE_TASK, [], Hostile(request=1)) == (
+        "<not shown>",
+        "<not shown>",
+    )

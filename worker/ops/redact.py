@@ -43,9 +43,15 @@ _NUMBERS: Final = frozenset(
 
 
 def summarize(task: str, args: object, kwargs: object) -> tuple[str, str]:
-    """``(argsrepr, kwargsrepr)`` of a call of ``task``: summaries, never raw values."""
+    """``(argsrepr, kwargsrepr)`` of a call of ``task``: summaries, never raw values.
+
+    Total: it runs in the worker's consumer for every message, which nothing may stop.
+    """
     request_task = task == names.GENERATE_TASK
-    return _sequence(args, request_task), _mapping(kwargs, request_task)
+    try:
+        return _sequence(args, request_task), _mapping(kwargs, request_task)
+    except Exception:  # noqa: BLE001 - a defect here must not cost a message
+        return "<not shown>", "<not shown>"
 
 
 def _sequence(args: object, request_task: bool) -> str:

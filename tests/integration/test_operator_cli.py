@@ -162,8 +162,10 @@ def test_list_filters_and_orders(live: Stack) -> None:
     bad_since = _imagegen(live, "jobs", "list", "--since", "yesterday")
     assert bad_since.returncode == 2
     assert "15m, 2h, 3d" in bad_since.stderr
-    bad_limit = _imagegen(live, "jobs", "list", "--limit", "0")
-    assert bad_limit.returncode == 2
+    for limit in ("0", "10001"):
+        bad_limit = _imagegen(live, "jobs", "list", "--limit", limit)
+        assert bad_limit.returncode == 2
+        assert "--limit: expected 1 to 10000" in bad_limit.stderr
 
 
 def test_events_in_order_and_errors(live: Stack) -> None:

@@ -60,7 +60,7 @@ def list_jobs(
 ) -> list[JobView]:
     """Jobs of every tenant, newest first (the HTTP API's listing, without its tenant)."""
     if not 1 <= limit <= MAX_LIST:
-        raise BadInputError(f"--limit: between 1 and {MAX_LIST}, got {limit}")
+        raise BadInputError(f"--limit: expected 1 to {MAX_LIST}, got {limit}")
     page = repository.listing(
         connection, tenant=None, status=status, created_after=since, limit=limit
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -192,3 +193,57 @@ def test_events_in_order_and_errors(live: Stack) -> None:
 
     helped = _imagegen(live, "jobs")
     assert all(word in helped.stdout for word in ("list", "events", "retry"))
+
+
+def test_two_operators_retrying_at_once_make_one_retry(stack: Stack) -> None:
+    """The second waits for the old job's row lock, then sees the first one's retry."""
+    import threading
+
+    from sqlalchemy import text
+
+    from worker import jobs
+    from worker.db import autocommit, get_engine, transaction
+    from worker.jobs import operator
+
+    stack.clean()
+    old = str(uuid.uuid4())
+    with autocommit() as connection:
+        jobs.accept(connection, old, request(), default_deadline_seconds=600)
+        assert jobs.fail(connection, old, ErrorCode.UPSTREAM_FAILED, "failed upstream")
+
+    second: list[operator.Retried | operator.Refused] = []
+    with get_engine().connect() as first:
+        first_tx = first.begin()
+        made = operator.record_retry(first, old, force=False, default_deadline_seconds=600)
+        assert isinstance(made, operator.Retried)
+        pid = first.execute(text("SELECT pg_backend_pid()")).scalar()
+
+        def other() -> None:
+            with transaction() as connection:
+                second.append(
+                    operator.record_retry(
+                        connection, old, force=False, default_deadline_seconds=600
+                    )
+                )
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        stack.wait_for(
+            lambda: (
+                stack.sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND :pid = ANY(pg_blocking_pids(pid))",
+                    pid=pid,
+                )[0][0]
+                == 1
+            ),
+            10,
+            "the second retry waiting for the old job's lock",
+        )
+        first_tx.commit()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(second) == 1 and isinstance(second[0], operator.Refused), second
+    assert second[0].reason is operator.Refusal.ALREADY_RETRIED
+    assert made.job_id in second[0].message
+    assert stack.sql("SELECT id FROM jobs WHERE retry_of = :j", j=old) == [(made.job_id,)]

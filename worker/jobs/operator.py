@@ -165,10 +165,13 @@ def refusal(
 
 
 _OLD: Final = text(
-    "SELECT j.id, j.status, j.request, j.deliver_to, j.tenant, "
-    "(SELECT r.id FROM jobs r WHERE r.retry_of = j.id ORDER BY r.created_at DESC LIMIT 1) "
-    "FROM jobs j WHERE j.id = coalesce("
-    "(SELECT job_id FROM job_aliases WHERE alias_id = :id), :id) FOR UPDATE OF j"
+    "SELECT id, status, request, deliver_to, tenant FROM jobs WHERE id = coalesce("
+    "(SELECT job_id FROM job_aliases WHERE alias_id = :id), :id) FOR UPDATE"
+)
+# A statement of its own, after the lock: under READ COMMITTED it sees a retry that a
+# concurrent ``record_retry`` committed while this one waited for the lock.
+_RETRIED_AS: Final = text(
+    "SELECT id FROM jobs WHERE retry_of = :id ORDER BY created_at DESC, id DESC LIMIT 1"
 )
 # The new job, its first event and the note on the old job, in one statement.
 _INSERT_RETRY: Final = text(
@@ -198,7 +201,8 @@ def record_retry(
     if row is None:
         return Refused(Refusal.NOT_FOUND, f"no job {job_id}")
     old_id, status = str(row[0]), JobStatus(row[1])
-    stored, deliver_to, tenant, retried_as = row[2], row[3], str(row[4]), row[5]
+    stored, deliver_to, tenant = row[2], row[3], str(row[4])
+    retried_as = connection.execute(_RETRIED_AS, {"id": old_id}).scalar()
     has_request = isinstance(stored, dict)
     refused = refusal(status, has_request=has_request, retried_as=retried_as, force=force)
     if refused is not None:

@@ -16,6 +16,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from api_schema import (
     AspectRatio,
@@ -370,12 +371,18 @@ jobs_app = typer.Typer(help="Operate on jobs: list, history, retry.", no_args_is
 app.add_typer(jobs_app, name="jobs")
 
 
-def _view_row(view: JobView) -> list[str]:
+def _plain(*values: str) -> list[Text]:
+    # Ids, details and messages are data (a producer's job id, an upstream's words): shown
+    # as they are, never read as Rich markup.
+    return [Text(value) for value in values]
+
+
+def _view_row(view: JobView) -> list[Text]:
     finished = f"{view.finished_at:%Y-%m-%d %H:%M:%S}" if view.finished_at else ""
-    return [
+    return _plain(
         f"{view.created_at:%Y-%m-%d %H:%M:%S}", view.id, view.status.value, str(view.priority),
         view.error_code.value if view.error_code else "", finished, view.tenant or "",
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 @jobs_app.command("list")
@@ -424,19 +431,21 @@ def jobs_events(
     with autocommit() as connection:
         found = operator.history(connection, job_id)
     if found is None:
-        err.print(f"no job {job_id}")
+        err.print(f"no job {job_id}", markup=False)
         raise typer.Exit(1)
     if as_json:
         for event in found.events:
             sys.stdout.write(json.dumps({"job_id": found.job_id, **event.as_json()}) + "\n")
         return
-    table = Table("at", "from → to", "detail", "worker", title=f"job {found.job_id}")
+    table = Table("at", "from → to", "detail", "worker", title=Text(f"job {found.job_id}"))
     for event in found.events:
         table.add_row(
-            f"{event.at:%Y-%m-%d %H:%M:%S.%f}"[:-3],
-            f"{event.from_status or '∅'} → {event.to_status}",
-            event.detail or "",
-            event.worker or "",
+            *_plain(
+                f"{event.at:%Y-%m-%d %H:%M:%S.%f}"[:-3],
+                f"{event.from_status or '∅'} → {event.to_status}",
+                event.detail or "",
+                event.worker or "",
+            )
         )
     out.print(table)
 
@@ -461,13 +470,16 @@ def jobs_retry(
             default_deadline_seconds=settings.default_deadline_seconds,
         )
     if isinstance(outcome, operator.Refused):
-        err.print(outcome.message)
+        err.print(outcome.message, markup=False)
         # 1: no such job (as `status` and `cancel`); 3: a job this command must not retry
         raise typer.Exit(1 if outcome.reason is operator.Refusal.NOT_FOUND else 3)
     if not operator.request_admission():
         err.print("broker unreachable: the next scheduled sweep admits the new job")
-    out.print(outcome.job_id)
-    err.print(f"job {outcome.retry_of} ({outcome.old_status.value}) retried as {outcome.job_id}")
+    out.print(outcome.job_id, markup=False)
+    err.print(
+        f"job {outcome.retry_of} ({outcome.old_status.value}) retried as {outcome.job_id}",
+        markup=False,
+    )
 
 
 deliveries_app = typer.Typer(

@@ -247,3 +247,19 @@ def test_two_operators_retrying_at_once_make_one_retry(stack: Stack) -> None:
     assert second[0].reason is operator.Refusal.ALREADY_RETRIED
     assert made.job_id in second[0].message
     assert stack.sql("SELECT id FROM jobs WHERE retry_of = :j", j=old) == [(made.job_id,)]
+
+
+def test_tables_show_ids_and_details_as_text_not_markup(live: Stack) -> None:
+    job_id = f"odd-[/bold]-[red]{uuid.uuid4().hex[:8]}"  # any storable id is a producer's
+    live.send(request(width=1000), job_id=job_id)  # its detail quotes the request's problem
+    assert live.wait_ended([job_id])[job_id].status is JobStatus.FAILED
+    events = _imagegen(live, "jobs", "events", job_id)
+    assert events.returncode == 0, events.stderr
+    assert job_id in events.stdout
+    assert "∅ → failed" in events.stdout and "invalid_request:" in events.stdout
+    listed = _imagegen(live, "jobs", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in listed.stdout
+    retried = _imagegen(live, "jobs", "retry", job_id)
+    assert retried.returncode == 3
+    assert f"job {job_id} has no stored request" in retried.stderr

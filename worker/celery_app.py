@@ -11,7 +11,7 @@ from celery.signals import beat_init, worker_init
 from api_schema import names
 from api_schema.producer import celery_queues
 
-from .broker import SIGNED_TASKS, SignedTask, message_key
+from .broker import SIGNED_TASKS, message_key
 from .config import get_settings
 from .presence import Presence
 
@@ -32,13 +32,15 @@ CONSUME_ORDER: Final = (
 def make_app() -> Celery:
     """Build the worker's Celery app from the settings."""
     settings = get_settings()
-    # Importing .broker registered the guarded transport for redis:// URLs; SignedTask signs
-    # every internal message (see worker/broker.py).
+    # Importing .broker registered the guarded transport for redis:// URLs; the task class
+    # signs every internal message (see worker/broker.py), shows redacted arguments and ends
+    # a task that failed a job in FAILURE (worker/ops/taskclass.py; named, not imported:
+    # it imports the jobs package, which must not import the app).
     app = Celery(
         "imagegen",
         broker=settings.broker_url,
         include=["worker.jobs.tasks", "worker.delivery.tasks"],
-        task_cls=SignedTask,
+        task_cls="worker.ops.taskclass:ObservedTask",
     )
     app.conf.update(
         task_serializer="json",
@@ -51,6 +53,9 @@ def make_app() -> Celery:
         # message is published, and redelivered messages are no-ops (conditional updates).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # (Celery's default, relied upon: a task that ended a job as failed raises JobFailed
+        # after its state is committed, and its message must be acked, not redelivered.)
+        task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
         # Redis re-delivers an unacked message after the visibility timeout. Every countdown
         # we schedule is far below it (Settings checks), or an early redelivery would

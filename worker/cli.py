@@ -16,8 +16,15 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from api_schema import AspectRatio, GenerationRequest, JobStatus, describe_validation_error
+from api_schema import (
+    AspectRatio,
+    GenerationRequest,
+    JobStatus,
+    JobView,
+    describe_validation_error,
+)
 
 from .config import Settings, get_settings
 
@@ -136,6 +143,9 @@ def flower(
     os.environ["FLOWER_BASIC_AUTH"] = auth.get_secret_value()
     os.environ.setdefault("FLOWER_PURGE_OFFLINE_WORKERS", "60")
     from .celery_app import app as celery_app
+    from .ops.flower import protect_metrics
+
+    protect_metrics()  # Flower leaves /metrics open; ours asks for the same credentials
 
     celery_app.start(["flower", f"--port={port or settings.flower_port}", f"--address={address}"])
 
@@ -355,6 +365,121 @@ def cancel(job_id: str) -> None:
     publish_deliveries()  # committed: the producer hears of the cancel
     sweep.apply_async()
     out.print(f"job {job_id} cancelled")
+
+
+jobs_app = typer.Typer(help="Operate on jobs: list, history, retry.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+def _plain(*values: str) -> list[Text]:
+    # Ids, details and messages are data (a producer's job id, an upstream's words): shown
+    # as they are, never read as Rich markup.
+    return [Text(value) for value in values]
+
+
+def _view_row(view: JobView) -> list[Text]:
+    finished = f"{view.finished_at:%Y-%m-%d %H:%M:%S}" if view.finished_at else ""
+    return _plain(
+        f"{view.created_at:%Y-%m-%d %H:%M:%S}", view.id, view.status.value, str(view.priority),
+        view.error_code.value if view.error_code else "", finished, view.tenant or "",
+    )  # fmt: skip
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Created after: 15m, 2h, 3d, 1w or an ISO 8601 time.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first (1..10000).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JobView per line.")] = False,
+) -> None:
+    """Jobs of every tenant, newest first."""
+    from datetime import UTC, datetime
+
+    from .db import autocommit
+    from .jobs import operator
+
+    _settings()
+    try:
+        after = operator.parse_since(since, datetime.now(UTC)) if since else None
+        with autocommit() as connection:
+            views = operator.list_jobs(connection, status=status, since=after, limit=limit)
+    except operator.BadInputError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    if as_json:
+        for view in views:
+            sys.stdout.write(view.model_dump_json() + "\n")
+        return
+    table = Table("created", "job", "status", "priority", "error", "finished", "tenant")
+    for view in views:
+        table.add_row(*_view_row(view))
+    out.print(table)
+
+
+@jobs_app.command("events")
+def jobs_events(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="One event per line.")] = False,
+) -> None:
+    """A job's history: every change of status, oldest first."""
+    from .db import autocommit
+    from .jobs import operator
+
+    _settings()
+    with autocommit() as connection:
+        found = operator.history(connection, job_id)
+    if found is None:
+        err.print(f"no job {job_id}", markup=False)
+        raise typer.Exit(1)
+    if as_json:
+        for event in found.events:
+            sys.stdout.write(json.dumps({"job_id": found.job_id, **event.as_json()}) + "\n")
+        return
+    table = Table("at", "from → to", "detail", "worker", title=Text(f"job {found.job_id}"))
+    for event in found.events:
+        table.add_row(
+            *_plain(
+                f"{event.at:%Y-%m-%d %H:%M:%S.%f}"[:-3],
+                f"{event.from_status or '∅'} → {event.to_status}",
+                event.detail or "",
+                event.worker or "",
+            )
+        )
+    out.print(table)
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: str,
+    force: Annotated[
+        bool, typer.Option(help="Retry a job that succeeded, or one retried already.")
+    ] = False,
+) -> None:
+    """Run a failed or cancelled job's request again as a new job, linked to the old one."""
+    from .db import transaction
+    from .jobs import operator
+
+    settings = _settings()
+    with transaction() as connection:
+        outcome = operator.record_retry(
+            connection,
+            job_id,
+            force=force,
+            default_deadline_seconds=settings.default_deadline_seconds,
+        )
+    if isinstance(outcome, operator.Refused):
+        err.print(outcome.message, markup=False)
+        # 1: no such job (as `status` and `cancel`); 3: a job this command must not retry
+        raise typer.Exit(1 if outcome.reason is operator.Refusal.NOT_FOUND else 3)
+    if not operator.request_admission():
+        err.print("broker unreachable: the next scheduled sweep admits the new job")
+    out.print(outcome.job_id, markup=False)
+    err.print(
+        f"job {outcome.retry_of} ({outcome.old_status.value}) retried as {outcome.job_id}",
+        markup=False,
+    )
 
 
 deliveries_app = typer.Typer(

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     )
     flower_basic_auth: SecretStr | None = None
     flower_port: int = 5555
+    log_format: Literal["json", "console"] = Field(
+        default="json",
+        description="How the services (worker, beat, api, flower, simulator) write their "
+        "logs: one JSON object per line, or lines for people reading a terminal.",
+    )
 
     @model_validator(mode="after")
     def _countdowns_below_visibility(self) -> Self:

@@ -8,7 +8,6 @@ Plain functions over the repository, the upstream client and storage. They ask
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from worker.config import get_settings
 from worker.db import autocommit, transaction
 from worker.delivery import outbox, targets
 from worker.enqueue import later
+from worker.logs import about_job, bind_upstream, get_logger
 from worker.runtime import Runtime, get_runtime
 from worker.storage import StorageError, StoredImage, copy_image
 from worker.upstream.client import TASK_ID, OutcomeUnknownError, TaskState, UpstreamError
@@ -31,7 +31,7 @@ from . import decisions
 from .decisions import INLINE_SUBMITS, PollAnswer, SubmitAnswer, SweepAction
 from .schedule import poll_delay, retry_delay
 
-log = logging.getLogger("imagegen.jobs")
+log = get_logger("imagegen.jobs")
 T = TypeVar("T")
 MAX_JOB_ID: Final = 64
 UNSTORABLE: Final = "text with a NUL character or an unpaired surrogate cannot be stored"
@@ -52,7 +52,12 @@ def accept(message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
     """Validate one ``imagegen.generate`` message, record its job, admit what fits."""
     if usable_job_id(message_id) is None:
         # The guarded transport refuses these before they get here; kept as a last guard.
-        log.error("dropped %s message: task id %.80a is unusable", names.GENERATE_TASK, message_id)
+        log.error(
+            "request.dropped",
+            task=names.GENERATE_TASK,
+            task_id=ascii(message_id)[:80],
+            reason="unusable task id",
+        )
         return {"job_id": ascii(message_id)[:MAX_JOB_ID], "status": "dropped"}
     unstorable = unstorable_at(kwargs) or unstorable_at(args, "args")
     problem: str | None = None
@@ -74,8 +79,7 @@ def accept(message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
             )
     else:
         accepted = _accept_and_admit(message_id, kwargs["request"])
-    if accepted.status is JobStatus.FAILED and accepted.created:
-        log.warning("job %s rejected as invalid_request", message_id)
+    # (a request rejected as invalid_request has its job.ended line, from ends.announce)
     return {"job_id": accepted.job_id, "status": accepted.status.value}
 
 
@@ -122,7 +126,8 @@ def admit_and_post() -> None:
     """Admit what fits; POST the first ``INLINE_SUBMITS`` from here, message the rest."""
     admitted = dispatch(inline=INLINE_SUBMITS)
     for job_id in decisions.split_admitted(admitted, INLINE_SUBMITS)[0]:
-        _submit_inline(job_id)
+        with about_job(job_id):  # maybe not the job of the task doing it
+            _submit_inline(job_id)
 
 
 def dispatch(*, inline: int = 0) -> list[str]:
@@ -212,7 +217,12 @@ def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     except (OperationalError, InterfaceError):
         # The POST was accepted but the database is away: keep the answer in a message and
         # record it when the database is back, instead of leaving an unknown outcome.
-        log.warning("job %s: storing upstream task id deferred (database unavailable)", job_id)
+        log.warning(
+            "job.record_deferred",
+            job_id=job_id,
+            upstream_task_id=submitted.task_id,
+            reason="database unavailable",
+        )
         later(
             names.SUBMIT_TASK,
             job_id,
@@ -249,9 +259,11 @@ def _record_submitted(
             session, job_id, upstream_task_id, first_poll_in=first_poll, attempt=attempt
         )
     if recorded:
+        bind_upstream(job_id, upstream_task_id)
+        log.info("job.submitted", job_id=job_id, upstream_task_id=upstream_task_id)
         later(names.POLL_TASK, job_id, 0, countdown=first_poll)
         return "submitted"
-    log.warning("job %s: upstream task %s created but the job moved on", job_id, upstream_task_id)
+    log.warning("job.moved_on", job_id=job_id, upstream_task_id=upstream_task_id)
     return "moved-on"
 
 
@@ -278,6 +290,7 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
         ticket = jobs.claim_poll(session, job_id, seq, hold_for=hold_for)
     if ticket is None:
         return "stale"
+    bind_upstream(job_id, ticket.upstream_task_id)
     if ticket.overdue:
         _end(
             job_id,
@@ -299,6 +312,8 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
     _throttle(runtime, decision)
     if decision.answer is PollAnswer.RETRY:
         floor = error.retry_after if error is not None else None
+        if error is not None:  # asked again later: a line, since nothing else records it
+            log.warning("job.poll_failed", job_id=job_id, error=str(error), poll=ticket.seq)
         return Again((job_id, ticket.seq), retry_delay(retries, settings, floor=floor))
     if decision.answer in (PollAnswer.ENDED, PollAnswer.FAILED):
         assert decision.code is not None
@@ -335,7 +350,11 @@ def _finish(
                 delay = retry_delay(retries, settings)
                 if not exc.permanent and delay < ticket.left:
                     log.warning(
-                        "job %s: copying image %d failed (%s); retrying", job_id, index, exc
+                        "job.copy_failed",
+                        job_id=job_id,
+                        image=index,
+                        error=str(exc),
+                        retry_in=round(delay, 3),
                     )
                     return Again((job_id, ticket.seq), delay)
                 # Ends the job, but every other image is still copied while its URL lives.
@@ -433,7 +452,7 @@ def _outcome_unknown(job_id: str, message: str) -> None:
 def _throttle(runtime: Runtime, decision: decisions.Decision) -> None:
     if decision.pause is not None:
         runtime.gate.pause(decision.pause)
-        log.warning("upstream asked to back off: pausing for %.1fs", decision.pause)
+        log.warning("upstream.paused", seconds=round(decision.pause, 3))
 
 
 # --- the sweeper ---------------------------------------------------------------------------
@@ -483,5 +502,5 @@ def sweep() -> dict[str, int]:
         "deliveries": len(lost),
     }
     if any(result.values()):
-        log.info("sweep: %s", result)
+        log.info("sweep.acted", **result)
     return result

@@ -90,8 +90,9 @@ def job_of_task(task: str, task_id: str, args: Sequence[object]) -> str | None:
 
 
 def bind_task(task: str, task_id: str, args: Sequence[object]) -> None:
-    """A task starts: its lines are about its job (nothing left from the previous task)."""
+    """A task starts: its lines name it and its job (nothing left from the previous task)."""
     clear_contextvars()
+    bind_contextvars(task=task, task_id=task_id)
     job = job_of_task(task, task_id, args)
     if job is not None:
         bind_contextvars(**{JOB_ID: job})

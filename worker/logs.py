@@ -334,9 +334,7 @@ def dict_config(service: str, fmt: str = LogFormat.JSON, level: str = "INFO") ->
         "loggers": {
             name: {"handlers": [], "propagate": True}
             for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
-        }
-        # One INFO line per upstream request is noise at production rates (and costs CPU).
-        | {"httpx": {"level": "WARNING"}},
+        },
     }
 
 

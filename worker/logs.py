@@ -58,9 +58,11 @@ REDACTED: Final = "[redacted]"
 MIN_FORM_CHARS: Final = 8
 #: Tasks whose first argument is their job's id (``imagegen.generate``'s task id is).
 _JOB_ARG_TASKS: Final = frozenset({names.SUBMIT_TASK, names.POLL_TASK})
-#: A data URL in any rendered text (the payload may be cut short by a repr).
+#: A data URL in any rendered text (the payload may be cut short by a repr). The media
+#: type and parameters are bounded, so text full of "data:" costs linear time, not more.
 _DATA_URL: Final = re.compile(
-    r"data:[^,;\s\"'\\]*(?:;[^,;\s\"'\\]*)*?;base64,([A-Za-z0-9+/_-]*)=*", re.IGNORECASE
+    r"data:[^,;\s\"'\\]{0,128}(?:;[^,;\s\"'\\]{0,64}){0,8}?;base64,([A-Za-z0-9+/_-]*)=*",
+    re.IGNORECASE,
 )
 #: The first element of a task's argsrepr, ``('job', 3)`` or ``['job', 3]``.
 _FIRST_ARG: Final = re.compile(r"""[(\[]\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")

@@ -270,6 +270,8 @@ _FIRST: Final = ("timestamp", "level", "logger", "service", "event", JOB_ID, UPS
 
 
 class _Service:
+    """Adds the service's name and puts the fixed fields first."""
+
     def __init__(self, service: str) -> None:
         self.service = service
 
@@ -281,6 +283,8 @@ class _Service:
 
 
 class _Scrub:
+    """The last step: the rendered line, scrubbed."""
+
     def __init__(self, scrubber: Scrubber) -> None:
         self.scrubber = scrubber
 
@@ -409,6 +413,10 @@ class _JsonLines:
             if line.strip():
                 self._emit(line)
         return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
 
     def flush(self) -> None:
         self.wrapped.flush()

@@ -2,8 +2,10 @@
 
 import logging
 import os
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from simulator.app import DROPPED, create_app
 from simulator.config import SimConfig
@@ -17,15 +19,21 @@ class _DropFilter(logging.Filter):
 
 
 def serve(
-    config: SimConfig, host: str = "127.0.0.1", port: int = 8900, log_level: str = "warning"
+    config: SimConfig,
+    host: str = "127.0.0.1",
+    port: int = 8900,
+    log_level: str = "warning",
+    log_config: dict[str, Any] | None = None,
 ) -> None:
-    """Serve the simulator until interrupted (access log off)."""
+    """Serve the simulator until interrupted (access log off); ``log_config``: a
+    ``logging.config`` dict instead of uvicorn's own (``imagegen simulator`` logs JSON)."""
     uv_config = uvicorn.Config(
         create_app(config),
         host=host,
         port=port,
         log_level=log_level,
         access_log=False,
+        log_config=log_config if log_config is not None else LOGGING_CONFIG,
         # Keep idle connections open like an API load balancer does (60 s or more), longer
         # than httpx keeps them (5 s): with uvicorn's 5 s both ends time out together, and
         # a request sent on a connection the server is closing fails with no answer.

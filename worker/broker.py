@@ -27,7 +27,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import logging
 import re
 import threading
 import time
@@ -49,10 +48,11 @@ from api_schema import names
 from api_schema.models import MAX_REQUEST_BYTES
 
 from .config import get_settings
+from .logs import get_logger
 from .metrics import observe
 from .metrics.series import DropReason
 
-log = logging.getLogger("imagegen.broker")
+log = get_logger("imagegen.broker")
 
 MAC_HEADER: Final = "imagegen_mac"
 #: The longest job id (the jobs.id column).
@@ -692,21 +692,22 @@ def record_verdict(verdict: Refuse | Drop, queue: str, size: int) -> None:
         try:
             publish_deliveries()
         except Exception:  # the job is recorded: the sweeper publishes its deliveries
-            log.exception("publishing the deliveries of refused request %a", verdict.job_id)
+            log.exception("request.refused_unannounced", job_id=verdict.job_id)
         log.warning(
-            "refused %s message %a as invalid_request: %s",
-            names.GENERATE_TASK,
-            verdict.job_id,
-            verdict.reason,
+            "request.refused",
+            job_id=verdict.job_id,
+            task=names.GENERATE_TASK,
+            error_code="invalid_request",
+            reason=verdict.reason,
         )
         return
     log.error(
-        "dropped a message from %s (task %s, id %s, %d bytes): %s",
-        queue,
-        verdict.task,
-        verdict.message_id,
-        size,
-        verdict.reason,
+        "message.dropped",
+        queue=queue,
+        task=verdict.task,
+        message_id=verdict.message_id,
+        size=size,
+        reason=verdict.reason,
     )
     with autocommit() as connection:
         jobs.record_dropped(
@@ -765,7 +766,7 @@ class _GuardedChannel(kombu_redis.Channel):
         if queue not in names.ALL_QUEUES:
             entry, why = _json(item)
             if why:
-                log.error("dropped an entry from %s that %s", queue, why)
+                log.error("entry.dropped", queue=queue, reason=why)
                 observe.message_dropped(DropReason.FANOUT)
                 return
             self.connection._deliver(entry, queue)
@@ -787,9 +788,7 @@ class _GuardedChannel(kombu_redis.Channel):
         except _DB_AWAY as exc:
             self._put_back(queue, item, exc)
         except Exception:  # kept, not lost, whatever went wrong
-            log.exception(
-                "could not record what became of an entry of %s; kept in %s", queue, DEAD_LETTERS
-            )
+            log.exception("entry.unrecorded", queue=queue, kept_in=DEAD_LETTERS)
             with self.conn_or_acquire() as client:
                 client.lpush(DEAD_LETTERS, item)
 
@@ -797,7 +796,7 @@ class _GuardedChannel(kombu_redis.Channel):
         # Nothing is lost while the database is away: the entry goes back to the far end of
         # its queue (so it holds up no other entry), and this consumer pauses a moment
         # rather than spin on it.
-        log.warning("database unavailable while screening an entry of %s: %s", queue, exc)
+        log.warning("entry.put_back", queue=queue, reason="database unavailable", error=str(exc))
         with self.conn_or_acquire() as client:
             client.lpush(queue, item)
         time.sleep(0.2)
@@ -813,7 +812,7 @@ class GuardedRedisTransport(kombu_redis.Transport):
         if queue not in names.ALL_QUEUES:
             problem = envelope_problem(message)
             if problem is not None:
-                log.error("dropped a malformed message for %s: %s", queue, problem)
+                log.error("message.malformed", queue=queue, reason=problem)
                 observe.message_dropped(DropReason.FANOUT)
                 return
         super()._deliver(message, queue)

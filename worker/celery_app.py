@@ -6,11 +6,12 @@ import logging
 from typing import Any, Final
 
 from celery import Celery
-from celery.signals import beat_init, worker_init
+from celery.signals import beat_init, task_postrun, task_prerun, worker_init
 
 from api_schema import names
 from api_schema.producer import celery_queues
 
+from . import logs
 from .broker import SIGNED_TASKS, message_key
 from .config import get_settings
 from .presence import Presence
@@ -100,3 +101,21 @@ def _load_message_key(**_: Any) -> None:
     # Read the signing key before the first message, so a worker or beat that cannot read
     # it fails at start (like one that cannot reach its database), not on its first task.
     message_key()
+
+
+@task_prerun.connect
+def _bind_job(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
+    # Connected before the task modules' own handlers: their lines carry the job too.
+    if task is not None and task_id is not None:
+        logs.bind_task(str(task.name), task_id, args if isinstance(args, list | tuple) else ())
+
+
+@worker_init.connect
+def _forget_job_last(**_: Any) -> None:
+    # Connected once every task module has connected its own task_postrun handlers (the
+    # worker imported them before this signal), so their lines still carry the job.
+    task_postrun.connect(_forget_job, weak=False)
+
+
+def _forget_job(**_: Any) -> None:
+    logs.clear_task()

@@ -109,7 +109,16 @@ def worker(
         argv.append(f"--hostname={hostname}")
     if beat:
         argv += ["--beat", f"--schedule={_beat_schedule_file()}"]
-    celery_app.worker_main(argv)
+    celery_app.worker_main(_logging("worker", settings, loglevel) + argv)
+
+
+def _logging(service: str, settings: Settings, level: str = "info") -> list[str]:
+    """Configure a service's logs; the Celery options that go with them (in JSON, no
+    banner on stdout: every line is a log line)."""
+    from . import logs
+
+    logs.configure(service, settings.log_format, level)
+    return ["--quiet"] if logs.LogFormat(settings.log_format) is logs.LogFormat.JSON else []
 
 
 def _beat_schedule_file() -> str:
@@ -125,7 +134,14 @@ def beat(loglevel: str = "info") -> None:
     _require_key(settings)
     from .celery_app import app as celery_app
 
-    celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={_beat_schedule_file()}"])
+    celery_app.start(
+        [
+            *_logging("beat", settings, loglevel),
+            "beat",
+            f"--loglevel={loglevel}",
+            f"--schedule={_beat_schedule_file()}",
+        ]
+    )
 
 
 @app.command()
@@ -147,7 +163,10 @@ def flower(
 
     protect_metrics()  # Flower leaves /metrics open; ours asks for the same credentials
 
-    celery_app.start(["flower", f"--port={port or settings.flower_port}", f"--address={address}"])
+    quiet = _logging("flower", settings)
+    celery_app.start(
+        [*quiet, "flower", f"--port={port or settings.flower_port}", f"--address={address}"]
+    )
 
 
 @app.command()
@@ -171,9 +190,14 @@ def api(
     _check_database(settings)
     import uvicorn
 
+    from .logs import dict_config
+
+    _logging("api", settings)
     uvicorn.run(
         "worker.api.app:create_app",
         factory=True,
+        # a logging config, not only this process's: each of --workers applies it
+        log_config=dict_config("api", settings.log_format),
         host=host or settings.api_host,
         port=port or settings.api_port,
         workers=workers,
@@ -199,6 +223,9 @@ def simulator(
     from simulator.config import SimConfig
     from simulator.server import serve
 
+    from .logs import dict_config, get_logger
+
+    settings = _settings()
     config = SimConfig.from_env()
     for field, value in (
         ("concurrency_limit", concurrency),
@@ -212,11 +239,14 @@ def simulator(
         config.public_base_url = public_url
     elif "SIM_PUBLIC_BASE_URL" not in os.environ:
         config.public_base_url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
-    err.print(
-        f"simulator on http://{host}:{port} (concurrency {config.concurrency_limit or 'none'}, "
-        f"rpm {config.rpm_limit or 'none'})"
+    _logging("simulator", settings)
+    get_logger("imagegen.simulator").info(
+        "simulator.started",
+        url=f"http://{host}:{port}",
+        concurrency=config.concurrency_limit or None,
+        rpm=config.rpm_limit or None,
     )
-    serve(config, host=host, port=port)
+    serve(config, host=host, port=port, log_config=dict_config("simulator", settings.log_format))
 
 
 @db_app.command("upgrade")

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     metrics_basic_auth: SecretStr | None = Field(
         default=None, description="user:password that every request to /metrics must carry."
     )
+    log_format: Literal["json", "console"] = Field(
+        default="json",
+        description="How the services (worker, beat, api, flower, simulator) write their "
+        "logs: one JSON object per line, or lines for people reading a terminal.",
+    )
 
     @model_validator(mode="after")
     def _countdowns_below_visibility(self) -> Self:

@@ -22,7 +22,6 @@ does not hold what it held before it died).
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 import uuid
@@ -38,8 +37,9 @@ from redis.exceptions import RedisError
 from api_schema import names
 
 from .config import get_settings
+from .logs import get_logger
 
-log = logging.getLogger("imagegen.presence")
+log = get_logger("imagegen.presence")
 
 #: Every incarnation that announced itself and has not been reclaimed.
 NODES_KEY: Final = "imagegen:presence:nodes"
@@ -128,7 +128,7 @@ class Node:
         except RedisError as exc:
             now = time.monotonic()
             if self._failing_since is None or now - self._failing_since > 60:
-                log.warning("presence heartbeat failed: %s", exc)
+                log.warning("presence.heartbeat_failed", error=str(exc))
                 self._failing_since = now
             with _lock:
                 self._written = set()  # rewrite everything once Redis is back
@@ -259,7 +259,7 @@ class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.node is None:
             return
         for dead in self.node.beat(held_by_this_worker()):
-            log.warning("worker %s stopped announcing itself; reclaiming its jobs", dead)
+            log.warning("worker.silent", node=dead, action="reclaiming its jobs")
             _send_reclaim(dead)
 
     def stop(self, parent: Any) -> None:
@@ -281,4 +281,4 @@ def _send_reclaim(node: str) -> None:
     try:
         app.tasks[names.RECLAIM_TASK].apply_async((node,))
     except Exception:  # the claim lapses; the sweeper covers the jobs meanwhile
-        log.exception("could not send the reclaim of %s", node)
+        log.exception("worker.reclaim_not_sent", node=node)

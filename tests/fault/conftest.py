@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +25,8 @@ FAULT_ENV = {
 }
 
 
-SWEEP_LINE = re.compile(r"sweep: (\{[^}]*\})")
+#: The counts a ``sweep.acted`` log line carries (worker/jobs/service.py ``sweep``).
+SWEEP_COUNTS = ("expired", "republished", "outcome_unknown", "admitted", "deliveries")
 
 
 class FaultStack(Stack):
@@ -47,12 +46,19 @@ class FaultStack(Stack):
         return self.beat
 
     def sweeper_totals(self) -> dict[str, int]:
-        """What the sweeper did, summed from every worker's log (killed ones too)."""
+        """What the sweeper did, summed from every worker's log (killed ones too): the
+        counts of each ``sweep.acted`` line."""
         totals: Counter[str] = Counter()
         for proc in self.sup.procs:
             if proc.log_path.exists():
-                for match in SWEEP_LINE.finditer(proc.log_path.read_text(errors="replace")):
-                    totals.update({k: int(v) for k, v in ast.literal_eval(match.group(1)).items()})
+                for line in proc.log_path.read_text(errors="replace").splitlines():
+                    if '"sweep.acted"' not in line:
+                        continue
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:  # the last line of a killed worker, cut short
+                        continue
+                    totals.update({k: int(entry.get(k, 0)) for k in SWEEP_COUNTS})
         return dict(totals)
 
     def live_jobs(self) -> int:

@@ -9,6 +9,11 @@ value (kombu message bodies decoded), every Flower page and API answer, and the 
 every process the stack started. Flower's password is searched for the same way, and
 Flower must refuse anyone without it.
 
+The services' logs are JSON (one object per line): every line must parse, and its decoded
+values are searched too (an escape in JSON text could hide a needle from the raw search),
+along with the payload of a data URL one job was sent with (its request may be stored, in
+the database and Redis, but never logged).
+
 Run it on a Redis db nobody else uses (IMAGEGEN_TEST_REDIS_DB) when other test runs share
 the machine: workers of another run on the same db would take this run's messages.
 """
@@ -30,7 +35,7 @@ from redis import Redis
 
 from api_schema import ErrorCode, JobStatus, names
 from devtools.procs import Proc, free_port, imagegen_argv
-from tests.harness import API_KEY, Stack, request
+from tests.harness import API_KEY, Stack, request, tiny_png
 
 FLOWER_USER = "ops"
 T = TypeVar("T")
@@ -56,6 +61,29 @@ def _needles(password: str) -> dict[str, str]:
         needles[f"API key base64 #{i}"] = form
     needles["Flower password"] = password
     return needles
+
+
+def _json_log_texts(log: str, where: str) -> list[str]:
+    """Every line of a JSON log, and every string decoded from it (keys and values)."""
+    texts: list[str] = []
+    for number, line in enumerate(log.splitlines(), start=1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"{where} line {number} is not JSON: {line[:200]!r}") from None
+        assert isinstance(entry, dict) and "event" in entry, (where, line[:200])
+        texts.append(line)
+        stack: list[Any] = [entry]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                texts.extend(str(k) for k in node)
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+            elif isinstance(node, str):
+                texts.append(node)
+    return texts
 
 
 def _find(needles: dict[str, str], where: str, texts: Iterable[str]) -> list[str]:
@@ -289,11 +317,14 @@ def test_api_key_and_flower_password_leak_nowhere(live: Stack, flower: Flower) -
     live.sim_reset()
 
     # --- jobs down every path that writes an error message ---------------------------------
+    data_url = tiny_png()
+    log_needles = {"data URL payload": data_url.split(",", 1)[1][:40]}
     expected: dict[str, tuple[JobStatus, ErrorCode | None]] = {
         in_flight: (JobStatus.CANCELLED, ErrorCode.CANCELLED)
     }
     scenarios: list[tuple[dict[str, Any], dict[str, Any], JobStatus, ErrorCode | None]] = [
         ({}, request(n=2), JobStatus.SUCCEEDED, None),
+        ({}, request(n=2, subject_reference_images=[data_url]), JobStatus.SUCCEEDED, None),
         ({"faults": {"fail_task": 1.0}}, request(), JobStatus.FAILED, ErrorCode.UPSTREAM_FAILED),
         (
             {"faults": {"submit_500": 1.0}},
@@ -402,7 +433,8 @@ def test_api_key_and_flower_password_leak_nowhere(live: Stack, flower: Flower) -
     for proc in (worker, flower_proc, live.sim, api_proc):
         log = proc.log_path.read_text(errors="replace")
         assert log.strip(), f"{proc.name} wrote no log at {proc.log_path}"
-        hits += _find(needles, f"{proc.name}'s log", log.splitlines())
+        texts = _json_log_texts(log, f"{proc.name}'s log")
+        hits += _find(needles | log_needles, f"{proc.name}'s log", texts)
 
     # --- nothing secret in any argv of the stack's processes (what `ps` shows) --------------
     leaders = [p.popen.pid for p in live.sup.procs if p.alive()]

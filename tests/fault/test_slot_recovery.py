@@ -7,6 +7,7 @@ plus a sweep interval. The figures are in the report line.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -25,12 +26,15 @@ SHIPPED = {
 HOLDING = "('submitting', 'pending', 'processing')"
 
 
-def _count_in_logs(stack: Stack, phrase: str) -> int:
-    return sum(
-        p.log_path.read_text(errors="replace").count(phrase)
-        for p in stack.sup.procs
-        if p.log_path.exists()
-    )
+def _count_events(stack: Stack, event: str) -> int:
+    """Lines of every process's JSON log with this event name."""
+    count = 0
+    for proc in stack.sup.procs:
+        if proc.log_path.exists():
+            for line in proc.log_path.read_text(errors="replace").splitlines():
+                if f'"{event}"' in line and json.loads(line).get("event") == event:
+                    count += 1
+    return count
 
 
 def survivor_node(stack: Stack) -> str:
@@ -86,7 +90,7 @@ def test_a_killed_workers_slots_are_busy_again_within_seconds(
             seconds_until_both_slots_busy_again=round(recovered_in, 2),
             upstream_tasks=len(stack.sim_tasks()),
             jobs_submitted=submitted,
-            reclaims=_count_in_logs(stack, "reclaimed the jobs of dead worker"),
+            reclaims=_count_events(stack, "worker.reclaimed"),
         )
         # Never paid twice: one upstream task per submitted job.
         assert len(stack.sim_tasks()) == submitted

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import gc
-import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from api_schema import FieldError, JobStatus, JobView
 from api_schema.jsonschema import build as producer_schemas
 from worker import jobs
 from worker.config import Settings, get_settings
+from worker.logs import get_logger
 from worker.storage import StorageError, open_store
 
 from . import service
@@ -41,7 +41,7 @@ from .auth import Tokens
 from .backends import Backends
 from .service import ApiError
 
-log = logging.getLogger("imagegen.api")
+log = get_logger("imagegen.api")
 JSON: Final = "application/json"
 #: Bodies larger than this are validated and encoded in a thread, not on the event loop.
 INLINE_BODY_BYTES: Final = 64 * 1024
@@ -425,7 +425,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     async def unavailable(_: Request, exc: Exception) -> Response:
-        log.warning("answering 503: %s", type(exc).__name__)
+        log.warning("api.unavailable", error=type(exc).__name__)
         return Response(
             _error(503, "unavailable", "a backing service is unavailable; try again"),
             status_code=503,
@@ -434,7 +434,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     async def internal(_: Request, exc: Exception) -> Response:
-        log.error("internal error answering a request: %s", type(exc).__name__, exc_info=exc)
+        log.error("api.internal_error", error=type(exc).__name__, exc_info=exc)
         return Response(
             _error(500, "internal_error", "internal error"), status_code=500, media_type=JSON
         )

@@ -9,7 +9,6 @@ cost more than the database round trip itself (see the README's API benchmark).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -26,8 +25,9 @@ from sqlalchemy.engine import make_url
 from api_schema import REQUESTS_QUEUE, JobView
 from worker import jobs
 from worker.config import Settings
+from worker.logs import get_logger
 
-log = logging.getLogger("imagegen.api")
+log = get_logger("imagegen.api")
 #: Seconds a POST waits for its push to Redis.
 PUSH_TIMEOUT: Final = 2.0
 
@@ -105,8 +105,7 @@ class Backends:
                 cast(Awaitable[int], self.redis.lpush(REQUESTS_QUEUE, entry)), PUSH_TIMEOUT
             )
         except Exception as exc:  # noqa: BLE001 - any broker failure: the sweeper admits it
-            log.warning(
-                "job %s recorded; its message was not sent (%s)", job_id, type(exc).__name__
-            )
+            # recorded, but its message was not sent
+            log.warning("job.not_pushed", job_id=job_id, error=type(exc).__name__)
             return False
         return True

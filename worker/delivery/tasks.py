@@ -4,7 +4,6 @@ published, once the task that wrote them has returned."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Task
@@ -15,13 +14,14 @@ from worker import jobs
 from worker.celery_app import app
 from worker.db import autocommit, session_scope
 from worker.jobs.tasks import RETRY_INFRA
+from worker.logs import bind_job, get_logger
 from worker.runtime import get_runtime
 
 from . import outbox
 from . import service as deliveries
 from .webhooks import Attempt, Outcome, WebhookConfig
 
-log = logging.getLogger("imagegen.delivery")
+log = get_logger("imagegen.delivery")
 
 
 @task_postrun.connect
@@ -69,6 +69,7 @@ def deliver(self: Task, delivery_id: str, attempt: int) -> str:
     if isinstance(claimed, float):
         deliver.apply_async((delivery_id, attempt), countdown=min(claimed, longest))
         return "waiting"
+    bind_job(claimed.job_id)  # this task's lines from here on are about the delivery's job
     steps = settings.delivery_steps
     if claimed.attempt > len(steps):  # re-sent by the sweeper after crashes, past its schedule
         with autocommit() as connection:
@@ -96,7 +97,7 @@ def deliver(self: Task, delivery_id: str, attempt: int) -> str:
             ),
         )
     except Exception as exc:  # a defect: recorded and retried on the schedule, never silent
-        log.exception("delivery %s: the attempt failed unexpectedly", delivery_id)
+        log.exception("delivery.attempt_crashed", delivery_id=delivery_id)
         result = Attempt(Outcome.RETRY, None, f"{type(exc).__name__} in the worker")
     state, retry_in = deliveries.next_state(result, attempt, steps)
     with autocommit() as connection:
@@ -112,13 +113,12 @@ def deliver(self: Task, delivery_id: str, attempt: int) -> str:
     if not recorded:  # a later attempt (the sweeper's) took over meanwhile: its result stands
         return "superseded"
     log.info(
-        "delivery %s of job %s (%s, attempt %d): %s%s",
-        delivery_id,
-        claimed.job_id,
-        claimed.channel,
-        attempt + 1,
-        state.value,
-        f" ({result.error})" if result.error else "",
+        "delivery.attempted",
+        delivery_id=delivery_id,
+        channel=claimed.channel,
+        attempt=attempt + 1,
+        state=state.value,
+        error=result.error,
     )
     if retry_in is not None:
         deliver.apply_async((delivery_id, attempt + 1), countdown=min(retry_in, longest))

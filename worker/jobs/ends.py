@@ -3,16 +3,23 @@
 Every change that ends a job (``repository.transition`` to a terminal status, and
 ``repository.record_invalid``) reports an :class:`Ended` here, once, when its statement has
 run. What must follow every end hangs off :func:`announce`: the task that ended a job learns
-of it (``taken``) to finish as Celery's FAILURE when the job failed, and the end is logged.
+of it (``taken``) to finish as Celery's FAILURE when the job failed, and the end is logged
+(one ``job.ended`` line per end, whichever process or thread ended it).
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Final
 
 from api_schema import ErrorCode, JobStatus
+from worker.logs import get_logger
 from worker.metrics import observe
+
+log = get_logger("imagegen.jobs")
+#: The end's message in its log line is cut to this (the whole of it is in the job's row).
+LOGGED_MESSAGE_CHARS: Final = 300
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,21 @@ def start() -> None:
 
 
 def announce(end: Ended) -> None:
-    """A job just ended (its statement has run)."""
+    """A job just ended (its statement has run): its one ``job.ended`` line, and the task
+    that ended it learns of it."""
+    message = end.message
+    if message is not None and len(message) > LOGGED_MESSAGE_CHARS:
+        message = message[:LOGGED_MESSAGE_CHARS] + "..."
+    # upstream_task_id and error_code are always written (null when none), so a line of
+    # another job's task never shows that job's values
+    (log.warning if end.status is JobStatus.FAILED else log.info)(
+        "job.ended",
+        job_id=end.job_id,
+        status=end.status.value,
+        error_code=end.error_code.value if end.error_code is not None else None,
+        upstream_task_id=end.upstream_task_id,
+        message=message,
+    )
     observe.job_ended(end)
     collected = _ended.get()
     if collected is not None:

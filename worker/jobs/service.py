@@ -8,7 +8,6 @@ Plain functions over the repository, the upstream client and storage. They ask
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from worker.config import get_settings
 from worker.db import autocommit, transaction
 from worker.delivery import outbox, targets
 from worker.enqueue import later
+from worker.logs import about_job, bind_upstream, get_logger
 from worker.metrics import observe
 from worker.runtime import Runtime, get_runtime
 from worker.storage import StorageError, StoredImage, copy_image
@@ -32,7 +32,7 @@ from . import decisions
 from .decisions import INLINE_SUBMITS, PollAnswer, SubmitAnswer, SweepAction
 from .schedule import poll_delay, retry_delay
 
-log = logging.getLogger("imagegen.jobs")
+log = get_logger("imagegen.jobs")
 T = TypeVar("T")
 MAX_JOB_ID: Final = 64
 UNSTORABLE: Final = "text with a NUL character or an unpaired surrogate cannot be stored"
@@ -53,7 +53,12 @@ def accept(message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
     """Validate one ``imagegen.generate`` message, record its job, admit what fits."""
     if usable_job_id(message_id) is None:
         # The guarded transport refuses these before they get here; kept as a last guard.
-        log.error("dropped %s message: task id %.80a is unusable", names.GENERATE_TASK, message_id)
+        log.error(
+            "request.dropped",
+            task=names.GENERATE_TASK,
+            task_id=ascii(message_id)[:80],
+            reason="unusable task id",
+        )
         return {"job_id": ascii(message_id)[:MAX_JOB_ID], "status": "dropped"}
     unstorable = unstorable_at(kwargs) or unstorable_at(args, "args")
     problem: str | None = None
@@ -75,8 +80,7 @@ def accept(message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
             )
     else:
         accepted = _accept_and_admit(message_id, kwargs["request"])
-    if accepted.status is JobStatus.FAILED and accepted.created:
-        log.warning("job %s rejected as invalid_request", message_id)
+    # (a request rejected as invalid_request has its job.ended line, from ends.announce)
     return {"job_id": accepted.job_id, "status": accepted.status.value}
 
 
@@ -123,7 +127,8 @@ def admit_and_post() -> None:
     """Admit what fits; POST the first ``INLINE_SUBMITS`` from here, message the rest."""
     admitted = dispatch(inline=INLINE_SUBMITS)
     for job_id in decisions.split_admitted(admitted, INLINE_SUBMITS)[0]:
-        _submit_inline(job_id)
+        with about_job(job_id):  # maybe not the job of the task doing it
+            _submit_inline(job_id)
 
 
 def dispatch(*, inline: int = 0) -> list[str]:
@@ -214,7 +219,12 @@ def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     except (OperationalError, InterfaceError):
         # The POST was accepted but the database is away: keep the answer in a message and
         # record it when the database is back, instead of leaving an unknown outcome.
-        log.warning("job %s: storing upstream task id deferred (database unavailable)", job_id)
+        log.warning(
+            "job.record_deferred",
+            job_id=job_id,
+            upstream_task_id=submitted.task_id,
+            reason="database unavailable",
+        )
         later(
             names.SUBMIT_TASK,
             job_id,
@@ -251,9 +261,11 @@ def _record_submitted(
             session, job_id, upstream_task_id, first_poll_in=first_poll, attempt=attempt
         )
     if recorded:
+        bind_upstream(job_id, upstream_task_id)
+        log.info("job.submitted", job_id=job_id, upstream_task_id=upstream_task_id)
         later(names.POLL_TASK, job_id, 0, countdown=first_poll)
         return "submitted"
-    log.warning("job %s: upstream task %s created but the job moved on", job_id, upstream_task_id)
+    log.warning("job.moved_on", job_id=job_id, upstream_task_id=upstream_task_id)
     return "moved-on"
 
 
@@ -280,6 +292,7 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
         ticket = jobs.claim_poll(session, job_id, seq, hold_for=hold_for)
     if ticket is None:
         return "stale"
+    bind_upstream(job_id, ticket.upstream_task_id)
     if ticket.status is JobStatus.CANCELLED:
         return _follow(runtime, job_id, ticket, retries)
     if ticket.overdue:
@@ -303,6 +316,8 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
     _throttle(runtime, decision)
     if decision.answer is PollAnswer.RETRY:
         floor = error.retry_after if error is not None else None
+        if error is not None:  # asked again later: a line, since nothing else records it
+            log.warning("job.poll_failed", job_id=job_id, error=str(error), poll=ticket.seq)
         return Again((job_id, ticket.seq), retry_delay(retries, settings, floor=floor))
     if decision.answer in (PollAnswer.ENDED, PollAnswer.FAILED):
         assert decision.code is not None
@@ -340,7 +355,11 @@ def _finish(
                 delay = retry_delay(retries, settings)
                 if not exc.permanent and delay < ticket.left:
                     log.warning(
-                        "job %s: copying image %d failed (%s); retrying", job_id, index, exc
+                        "job.copy_failed",
+                        job_id=job_id,
+                        image=index,
+                        error=str(exc),
+                        retry_in=round(delay, 3),
                     )
                     return Again((job_id, ticket.seq), delay)
                 # Ends the job, but every other image is still copied while its URL lives.
@@ -416,7 +435,9 @@ def _follow(runtime: Runtime, job_id: str, ticket: jobs.PollTicket, retries: int
 
 def _settle_followed(job_id: str, detail: str, **outcome: Any) -> None:
     with autocommit() as session:  # one statement
-        jobs.settle_followed(session, job_id, detail, **outcome)
+        if jobs.settle_followed(session, job_id, detail, **outcome):
+            bill = outcome.get("billing_amount")
+            log.info("job.followed", job_id=job_id, detail=detail, billing_amount=str(bill))
 
 
 # --- ends ----------------------------------------------------------------------------------
@@ -481,7 +502,7 @@ def _outcome_unknown(job_id: str, message: str) -> None:
 def _throttle(runtime: Runtime, decision: decisions.Decision) -> None:
     if decision.pause is not None:
         runtime.gate.pause(decision.pause)
-        log.warning("upstream asked to back off: pausing for %.1fs", decision.pause)
+        log.warning("upstream.paused", seconds=round(decision.pause, 3))
 
 
 # --- the sweeper ---------------------------------------------------------------------------
@@ -518,7 +539,7 @@ def sweep() -> dict[str, int]:
     }
     observe.swept(result)
     if any(result.values()):
-        log.info("sweep: %s", result)
+        log.info("sweep.acted", **result)
     return result
 
 
@@ -562,7 +583,7 @@ def reclaim(node: str) -> dict[str, int]:
         "outcome_unknown": unknown,
         "admitted": len(dispatch()),
     }
-    log.warning("reclaimed the jobs of dead worker %s: %s", node, result)
+    log.warning("worker.reclaimed", node=node, **result)
     return result
 
 
@@ -574,7 +595,7 @@ def revoked(job_id: str) -> None:
         follow_from = jobs.followed_poll(session, job_id) if done else None
     if not done:
         return
-    log.warning("job %s cancelled: its task was revoked", job_id)
+    log.warning("job.revoked", job_id=job_id)
     if follow_from is not None:  # a new chain: the revoked task id stays revoked
         later(names.POLL_TASK, job_id, follow_from)
     dispatch()

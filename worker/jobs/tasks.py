@@ -3,7 +3,6 @@ returned (publish the messages it named, retry itself when it asked to run again
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Task
@@ -21,12 +20,13 @@ from worker.config import get_settings
 from worker.db import reset_engine
 from worker.delivery import outbox
 from worker.enqueue import collecting
+from worker.logs import get_logger
 from worker.runtime import reset_runtime
 
 from . import ends, service
 from .service import Again
 
-log = logging.getLogger("imagegen.tasks")
+log = get_logger("imagegen.tasks")
 #: Failures of the database or of Redis itself: the task is retried with a countdown, never
 #: dropped (with late acks a task that raises is still acked, and its message would be lost).
 INFRA_ERRORS = (
@@ -92,7 +92,7 @@ def _revoked(
             service.revoked(job_id)
         publish_deliveries()  # the producer hears of the cancel
     except Exception:  # the sweeper still finds the job and its deliveries
-        log.exception("job %s: acting on the revoke failed", job_id)
+        log.exception("job.revoke_failed", job_id=job_id)
 
 
 @app.task(name=names.GENERATE_TASK, bind=True, max_retries=None)
@@ -108,14 +108,19 @@ def generate(self: Task, *args: Any, **kwargs: Any) -> dict[str, str]:
             return service.accept(str(self.request.id), args, kwargs)
     except INFRA_ERRORS as exc:
         if self.request.retries and self.request.retries % 20 == 0:
-            log.error("request %s: database or Redis away; still retrying", self.request.id)
+            log.error(
+                "request.retrying",
+                job_id=str(self.request.id),
+                retries=self.request.retries,
+                reason="database or Redis away",
+            )
         delay = min(30.0, 2.0 ** min(self.request.retries, 5))
         try:
             raise self.retry(countdown=delay, exc=exc) from None
         except Reject:  # the retry could not be published: back to the queue instead
             raise Reject(str(exc), requeue=True) from None
     except Exception as exc:  # a defect, not the request's fault: kept visible, never lost
-        log.exception("request %s could not be accepted", self.request.id)
+        log.exception("request.not_accepted", job_id=str(self.request.id))
         reason = f"could not be accepted ({type(exc).__name__}); see the worker log"
         service.record_dropped(str(self.request.id), reason)
         return {"job_id": str(self.request.id), "status": "dropped"}

@@ -190,6 +190,12 @@ def _lower(text: str) -> str:
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
+def secret_forms(secret: str) -> list[str]:
+    """Every form :class:`Redactor` masks ``secret`` in, whole (the log scrubber replaces
+    each of them where it appears in full)."""
+    return [form for form, _ in _secret_forms(secret)]
+
+
 def _secret_forms(secret: str) -> list[tuple[str, int]]:
     """Each form of ``secret`` with the index of its first character carrying key bits."""
     raw = secret.encode("utf-8", "surrogatepass")

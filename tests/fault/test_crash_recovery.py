@@ -76,7 +76,7 @@ def test_sigkill_workers_at_random_moments(faults: FaultStack, report: dict[str,
     ended_by = dict(
         fs.sql(
             "SELECT job_id, worker FROM job_events WHERE to_status IN "
-            "('succeeded', 'failed', 'cancelled')"
+            "('succeeded', 'failed', 'cancelled') AND from_status IS DISTINCT FROM to_status"
         )
     )
     recovered = {j for j in touched if (ended_by.get(j) or "").split("@")[0] not in killed}

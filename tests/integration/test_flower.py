@@ -209,7 +209,8 @@ def test_failed_jobs_are_failed_tasks_and_nothing_else_changes(live: Stack, flow
     # --- nothing lost, nothing redone ----------------------------------------------------
     ended = [j for j, (status, _) in expected.items() if status.is_terminal]
     rows = live.sql(
-        "SELECT job_id, count(*) FILTER (WHERE to_status IN ('failed', 'cancelled', 'succeeded'))"
+        "SELECT job_id, count(*) FILTER (WHERE to_status IN ('failed', 'cancelled', 'succeeded')"
+        " AND from_status IS DISTINCT FROM to_status)"  # not a note on an ended job
         " FROM job_events WHERE job_id = ANY(:ids) GROUP BY job_id",
         ids=ended,
     )

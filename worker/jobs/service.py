@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from api_schema import ErrorCode, ImageView, JobStatus, names, unstorable_at
 from worker import jobs, presence
 from worker.broker import usable_job_id
-from worker.config import get_settings
+from worker.config import Settings, get_settings
 from worker.db import autocommit, transaction
 from worker.delivery import outbox, targets
 from worker.enqueue import later
@@ -303,22 +303,14 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
             refill=True,
         )
         return "deadline"
-    wait = runtime.gate.acquire()
-    if wait > 0:
-        return Again((job_id, ticket.seq), wait)
-    state: TaskState | None = None
-    error: UpstreamError | None = None
-    try:
-        state = runtime.upstream.get_task(ticket.upstream_task_id)
-    except UpstreamError as exc:
-        error = exc
-    decision = decisions.after_poll(state, error, cap=settings.retry_max_interval_seconds)
-    _throttle(runtime, decision)
+    asked = _ask(runtime, ticket)
+    if not isinstance(asked, _Asked):
+        return Again((job_id, ticket.seq), asked)
+    decision, state, error = asked.decision, asked.state, asked.error
     if decision.answer is PollAnswer.RETRY:
-        floor = error.retry_after if error is not None else None
         if error is not None:  # asked again later: a line, since nothing else records it
             log.warning("job.poll_failed", job_id=job_id, error=str(error), poll=ticket.seq)
-        return Again((job_id, ticket.seq), retry_delay(retries, settings, floor=floor))
+        return Again((job_id, ticket.seq), asked.retry_in(retries, settings))
     if decision.answer in (PollAnswer.ENDED, PollAnswer.FAILED):
         assert decision.code is not None
         _end(job_id, decision.code, decision.message, refill=True)
@@ -331,6 +323,37 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
         with autocommit() as session:  # one statement
             jobs.mark_processing(session, job_id)
     return Again((job_id, ticket.seq), poll_delay(ticket.seq, settings))
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What one query of a job's upstream task answered, and what it means."""
+
+    decision: decisions.Decision
+    state: TaskState | None
+    error: UpstreamError | None
+
+    def retry_in(self, retries: int, settings: Settings) -> float:
+        """Seconds before asking again after a transient error (at least its Retry-After)."""
+        floor = self.error.retry_after if self.error is not None else None
+        return retry_delay(retries, settings, floor=floor)
+
+
+def _ask(runtime: Runtime, ticket: jobs.PollTicket) -> _Asked | float:
+    """Query a claimed poll's upstream task (a request token first); the seconds to wait
+    when the request budget is spent."""
+    wait = runtime.gate.acquire()
+    if wait > 0:
+        return wait
+    state: TaskState | None = None
+    error: UpstreamError | None = None
+    try:
+        state = runtime.upstream.get_task(ticket.upstream_task_id)
+    except UpstreamError as exc:
+        error = exc
+    decision = decisions.after_poll(state, error, cap=runtime.settings.retry_max_interval_seconds)
+    _throttle(runtime, decision)
+    return _Asked(decision, state, error)
 
 
 def _finish(
@@ -404,20 +427,12 @@ def _follow(runtime: Runtime, job_id: str, ticket: jobs.PollTicket, retries: int
     if ticket.overdue:
         _settle_followed(job_id, "stopped following the upstream task: the deadline passed")
         return "unfollowed"
-    wait = runtime.gate.acquire()
-    if wait > 0:
-        return Again((job_id, ticket.seq), wait)
-    state: TaskState | None = None
-    error: UpstreamError | None = None
-    try:
-        state = runtime.upstream.get_task(ticket.upstream_task_id)
-    except UpstreamError as exc:
-        error = exc
-    decision = decisions.after_poll(state, error, cap=settings.retry_max_interval_seconds)
-    _throttle(runtime, decision)
+    asked = _ask(runtime, ticket)
+    if not isinstance(asked, _Asked):
+        return Again((job_id, ticket.seq), asked)
+    decision, state = asked.decision, asked.state
     if decision.answer is PollAnswer.RETRY:
-        floor = error.retry_after if error is not None else None
-        return Again((job_id, ticket.seq), retry_delay(retries, settings, floor=floor))
+        return Again((job_id, ticket.seq), asked.retry_in(retries, settings))
     if decision.answer in (PollAnswer.STARTED, PollAnswer.RUNNING):
         return Again((job_id, ticket.seq), poll_delay(ticket.seq, settings))
     if state is None:  # refused for good (404, 401...): nothing more to learn

@@ -14,14 +14,19 @@ which moves those jobs on at once, exactly as the sweeper would (``jobs.service.
 
 Moving a job on twice is harmless, which is what makes a short timeout safe: a poll carries
 the sequence number it expects, so of two poll chains only one goes on; a submit is sent
-only while its POST has not started. A node that was only frozen and comes back finds its
-messages stale. Each start of a worker's consumer is a new incarnation (a restarted worker
-does not hold what it held before it died).
+only while its POST has not started; and a POST already under way is left alone until its
+answer can no longer come (``jobs.take_held``). A node that was only frozen, or is draining
+at a warm shutdown, finds its poll messages stale and records its POSTs' answers. Each
+worker process is one node (a restarted worker does not hold what it held before it died).
+
+With ``--pool prefork`` the jobs a task admitted in a child process are not announced (the
+parent reads only its own messages); those fall back to the sweeper. The default pool is
+threads.
 """
 
 from __future__ import annotations
 
-import contextlib
+import os
 import threading
 import time
 import uuid
@@ -32,7 +37,9 @@ from celery import bootsteps
 from celery.signals import task_received
 from celery.worker import state
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from api_schema import names
 
@@ -61,7 +68,8 @@ def claim_key(node: str) -> str:
 
 
 def incarnation(hostname: str) -> str:
-    """A node name for one start of a worker's consumer."""
+    """A node name for one worker process (a restarted worker does not hold what it held
+    before it died, so it is another node)."""
     return f"{hostname}~{uuid.uuid4().hex[:12]}"
 
 
@@ -136,21 +144,25 @@ class Node:
 
     def _beat(self, held: set[str]) -> list[str]:
         self._beats += 1
-        if self._beats % 10 == 0:  # now and then all of it: Redis may have lost the hash
-            with _lock:
-                self._written = set()
-        with _lock:
-            added, removed = held - self._written, self._written - held
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(alive_key(self.node), "1", px=self.timeout_ms)
         pipe.sadd(NODES_KEY, self.node)
+        pipe.exists(holds_key(self.node))
+        pipe.smembers(NODES_KEY)
+        _, readded, has_holds, nodes = pipe.execute()
+        with _lock:
+            # All of it now and then, and whenever Redis lost it or a peer took this node
+            # for dead (it was frozen) and forgot it.
+            if readded or not has_holds or self._beats % 10 == 0:
+                self._written = set()
+            added, removed = held - self._written, self._written - held
+        pipe = self.redis.pipeline(transaction=False)
         if removed:
             pipe.hdel(holds_key(self.node), *removed)
         if added:
             pipe.hset(holds_key(self.node), mapping=dict.fromkeys(added, "1"))
         pipe.pexpire(holds_key(self.node), HOLDS_TTL_MS)
-        pipe.smembers(NODES_KEY)
-        nodes = pipe.execute()[-1]
+        pipe.execute()
         with _lock:
             self._written.difference_update(removed)
             self._written.update(added)
@@ -165,12 +177,6 @@ class Node:
         # message: the sweeper covers that case).
         return [n for n in dead if self.redis.set(claim_key(n), self.node, nx=True, px=60_000)]
 
-    def leave(self) -> None:
-        """This incarnation stops (a warm shutdown, a lost broker connection): its peers
-        reclaim what it held at their next heartbeat."""
-        with contextlib.suppress(RedisError):
-            self.redis.delete(alive_key(self.node))
-
 
 def holdings(redis: Redis, node: str) -> list[str]:
     """The jobs a node last said it held."""
@@ -182,7 +188,7 @@ def forget(redis: Redis, node: str) -> None:
     """A dead node was reclaimed: nothing of it is kept."""
     pipe = redis.pipeline(transaction=False)
     pipe.srem(NODES_KEY, node)
-    pipe.delete(holds_key(node), alive_key(node))
+    pipe.delete(holds_key(node))
     pipe.execute()
 
 
@@ -210,8 +216,9 @@ def held_by_this_worker() -> set[str]:
     return held
 
 
-#: This process's running incarnation (set while its consumer runs).
+#: This process's incarnation (one per worker process, kept across consumer restarts).
 _node: Node | None = None
+_node_pid: int | None = None
 
 
 def _received(request: Any = None, **_: Any) -> None:
@@ -236,43 +243,55 @@ class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.node: Node | None = None
         self.timer_entry: Any = None
 
     def start(self, parent: Any) -> None:
-        from .runtime import get_runtime
-
         settings = get_settings()
-        self.node = Node(
-            get_runtime().redis,
-            incarnation(str(parent.hostname)),
-            timeout=settings.node_timeout_seconds,
-        )
-        global _node
-        _node = self.node
+        if _node is None or _node_pid != os.getpid():
+            _set_node(
+                Node(
+                    _presence_redis(settings.limiter_redis_url, settings.heartbeat_seconds),
+                    incarnation(str(parent.hostname)),
+                    timeout=settings.node_timeout_seconds,
+                )
+            )
         self.tick()
         self.timer_entry = parent.timer.call_repeatedly(
             settings.heartbeat_seconds, self.tick, priority=10
         )
 
     def tick(self) -> None:
-        if self.node is None:
+        node = _node
+        if node is None:
             return
-        for dead in self.node.beat(held_by_this_worker()):
+        for dead in node.beat(held_by_this_worker()):
             log.warning("worker.silent", node=dead, action="reclaiming its jobs")
             _send_reclaim(dead)
 
     def stop(self, parent: Any) -> None:
+        # Nothing is withdrawn: the consumer also stops for a broker reconnect (the pool
+        # runs on), and at a warm shutdown before the pool has drained. The node's key
+        # simply lapses if the process does not come back; what its peers then reclaim
+        # can only be moved on twice, which is harmless.
         if self.timer_entry is not None:
             self.timer_entry.cancel()
             self.timer_entry = None
-        if self.node is not None:
-            global _node
-            _node = None
-            self.node.leave()
-            self.node = None
 
     shutdown = stop
+
+
+def _set_node(node: Node) -> None:
+    global _node, _node_pid
+    _node, _node_pid = node, os.getpid()
+
+
+def _presence_redis(url: str, heartbeat: float) -> Redis:
+    """Its own client: calls in the consumer's thread must be short, and never retried
+    (a heartbeat that fails is simply the next one's to make)."""
+    timeout = min(0.5, heartbeat / 2)
+    return Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
 
 
 def _send_reclaim(node: str) -> None:

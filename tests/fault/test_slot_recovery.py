@@ -38,15 +38,22 @@ def _count_events(stack: Stack, event: str) -> int:
 
 
 def survivor_node(stack: Stack) -> str:
-    replies = producer_app(stack.broker_url).control.ping(timeout=1.0)
-    return next(name for reply in replies for name in reply if name.startswith("survivor@"))
+    names: list[str] = []
+
+    def answered() -> bool:
+        replies = producer_app(stack.broker_url).control.ping(timeout=2.0)
+        names.extend(n for reply in replies for n in reply if n.startswith("survivor@"))
+        return bool(names)
+
+    stack.wait_for(answered, timeout=30, what="the survivor answering a ping")
+    return names[0]
 
 
 def test_a_killed_workers_slots_are_busy_again_within_seconds(
     stack: Stack, report: dict[str, Any]
 ) -> None:
     stack.clean()
-    stack.sim_configure(concurrency_limit=3, pending_seconds=0.3, processing_seconds=2.0)
+    stack.sim_configure(concurrency_limit=3, pending_seconds=0.3, processing_seconds=4.0)
     beat = stack.sup.start("beat-shipped", imagegen_argv("beat"), env=stack.env(**SHIPPED))
     # The survivor starts on deliveries only, so the victim alone takes the two jobs (their
     # polls wait in its memory for their countdowns); it takes up the rest when the victim
@@ -61,12 +68,19 @@ def test_a_killed_workers_slots_are_busy_again_within_seconds(
         victim.kill()
         killed_at = time.monotonic()
         stack.workers.remove(victim)
+        live_at_kill = stack.sql(
+            "SELECT count(*) FROM jobs WHERE id IN (:a, :b)"
+            " AND status IN ('pending', 'processing')",
+            a=held[0],
+            b=held[1],
+        )[0][0]
         # A backlog waits: one job takes the free slot, the rest wait for the victim's two.
         stack.sim_configure(processing_seconds=60.0)
         backlog = [stack.send(request(prompt=f"backlog {i}")) for i in range(6)]
         control = producer_app(stack.broker_url).control
+        node = survivor_node(stack)
         for queue in (UPSTREAM_QUEUE, MAINTENANCE_QUEUE, REQUESTS_QUEUE):
-            assert control.add_consumer(queue, destination=[survivor_node(stack)], reply=True)
+            assert control.add_consumer(queue, destination=[node], reply=True, timeout=10)
 
         def slots_busy_again() -> bool:
             ended, busy = stack.sql(
@@ -92,6 +106,8 @@ def test_a_killed_workers_slots_are_busy_again_within_seconds(
             jobs_submitted=submitted,
             reclaims=_count_events(stack, "worker.reclaimed"),
         )
+        assert live_at_kill == 2  # the kill really caught both jobs upstream
+        assert report["reclaims"] >= 1  # recovered by the reclaim, not by the sweeper
         # Never paid twice: one upstream task per submitted job.
         assert len(stack.sim_tasks()) == submitted
         # A sanity bound, not a target (the figure is in the report line): the sweeper

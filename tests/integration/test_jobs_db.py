@@ -258,3 +258,24 @@ def test_cancel_check_and_change_are_one_statement(db: Stack) -> None:
             unsent=True,
         )  # fmt: skip
     assert _status(other) == "cancelled"
+
+
+def test_reclaim_leaves_a_post_under_way_until_its_answer_cannot_come(db: Stack) -> None:
+    # A node taken for dead may be paused or draining, its POST still under way: that job
+    # is taken only once the POST's answer window has passed; unsent submits at once.
+    sending = _accept(request()).job_id
+    unsent = _accept(request()).job_id
+    assert sorted(_claim(5)) == sorted([sending, unsent])
+    with session_scope() as session:
+        assert jobs.begin_submit(session, sending, answer_within=30) is not None
+    with session_scope() as session:
+        taken = jobs.take_held(session, [sending, unsent], recheck_in=60)
+    assert [(t.job_id, t.submit_started) for t in taken] == [(unsent, False)]
+    db.sql("UPDATE jobs SET next_check_at = now() - interval '1 second' WHERE id = :id", id=sending)
+    with session_scope() as session:
+        taken = jobs.take_held(session, [sending, unsent], recheck_in=60)
+    # the unsent one was pushed forward by the first take, still taken: a dead node's held
+    # list is taken once; the POST whose answer can no longer come is taken now
+    assert sorted((t.job_id, t.submit_started) for t in taken) == sorted(
+        [(sending, True), (unsent, False)]
+    )

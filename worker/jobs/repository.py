@@ -1188,13 +1188,27 @@ def take_overdue(session: Db, *, stale_after: float, recheck_in: float) -> list[
 
 def take_held(session: Db, job_ids: Sequence[str], *, recheck_in: float) -> list[Overdue]:
     """Claim the jobs among ``job_ids`` (held by a worker that died) that still wait for a
-    next step, and push their next check forward, as :func:`take_overdue` does."""
+    next step, and push their next check forward, as :func:`take_overdue` does.
+
+    A job whose POST has started is taken only once the POST's answer can no longer come
+    (``next_check_at``, set to the answer's window when it began, has passed): a node taken
+    for dead may be paused or draining, its POST still under way; its answer is recorded
+    then, and a job it left is found by the sweeper.
+    """
     if not job_ids:
         return []
     rows = _run(
         session,
         update(J)
-        .where(J.c.id.in_(bindparam("p_ids", expanding=True)), _MOVES_ON)
+        .where(
+            J.c.id.in_(bindparam("p_ids", expanding=True)),
+            _MOVES_ON,
+            or_(
+                J.c.status != S.SUBMITTING.value,
+                J.c.submit_started_at.is_(None),
+                J.c.next_check_at <= func.now(),
+            ),
+        )
         .values(next_check_at=_later("p_recheck"))
         .returning(J.c.id, J.c.status, J.c.submit_started_at, J.c.poll_count),
         {"p_ids": list(job_ids), "p_recheck": timedelta(seconds=recheck_in)},

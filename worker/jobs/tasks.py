@@ -3,6 +3,7 @@ returned (publish the messages it named, retry itself when it asked to run again
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery import Task
@@ -77,13 +78,17 @@ def _revoked(
     # An operator revoked a job's submit or poll (Flower's "Revoke"): its chain stops here,
     # so the job is cancelled now rather than left holding a slot until the sweeper. Its
     # upstream task is still followed for its bill (a new poll message: the revoked id stays
-    # revoked). Runs in the worker's consumer; rare, one statement and a few messages.
+    # revoked). This runs in the worker's consumer, whose loop must not wait on the
+    # database: the work is done on a thread of its own.
     if expired or sender is None or sender.name not in (names.POLL_TASK, names.SUBMIT_TASK):
         return
     args = getattr(request, "args", None)  # the revoked message's Context
     job_id = args[0] if args else None
-    if not isinstance(job_id, str):
-        return
+    if isinstance(job_id, str):
+        threading.Thread(target=_cancel_revoked, args=(job_id,), daemon=True).start()
+
+
+def _cancel_revoked(job_id: str) -> None:
     from worker.delivery.tasks import publish_deliveries
 
     outbox.start_buffer()
@@ -93,6 +98,8 @@ def _revoked(
         publish_deliveries()  # the producer hears of the cancel
     except Exception:  # the sweeper still finds the job and its deliveries
         log.exception("job.revoke_failed", job_id=job_id)
+    finally:
+        presence.release()  # what it admitted has its messages in the broker now
 
 
 @app.task(name=names.GENERATE_TASK, bind=True, max_retries=None)

@@ -21,8 +21,10 @@ from worker.config import get_settings
 NOOP_TASK = "imagegen.bench.noop"
 NOOP_QUEUE = "imagegen.bench"
 
+NOOP_QUEUE_ENTITY = Queue(NOOP_QUEUE, Exchange(""), NOOP_QUEUE)
+
 app = make_app()
-app.conf.task_queues = [*app.conf.task_queues, Queue(NOOP_QUEUE, Exchange(""), NOOP_QUEUE)]
+app.conf.task_queues = [*app.conf.task_queues, NOOP_QUEUE_ENTITY]
 _redis: Redis | None = None
 
 

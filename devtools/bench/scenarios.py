@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from api_schema import MAINTENANCE_QUEUE, REQUESTS_QUEUE, UPSTREAM_QUEUE
 from api_schema.producer import producer_app
 
-from .baseline import NOOP_QUEUE, NOOP_TASK
+from .baseline import NOOP_QUEUE, NOOP_QUEUE_ENTITY, NOOP_TASK
 from .report import emit, percentile, rss_bytes
 from .stack import LocalStack
 
@@ -144,6 +144,8 @@ def throughput(
                 ],
             )  # fmt: skip
         app = producer_app(stack.broker_url)
+        # producers may only name the contract's queues: the bench's own is added here
+        app.conf.task_queues = [*app.conf.task_queues, NOOP_QUEUE_ENTITY]
         counter = f"bench:noop:{uuid.uuid4().hex}"
         start = time.perf_counter()
         for _ in range(jobs):

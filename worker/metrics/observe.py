@@ -39,7 +39,7 @@ def _metrics_url() -> str:
     return get_settings().limiter_redis_url
 
 
-writer: Final = store.Writer(_metrics_url)
+writer: Final = store.Writer(_metrics_url, flush_every=store.FLUSH_EVERY_SECONDS)
 
 
 # --- the upstream -----------------------------------------------------------------------------
@@ -107,10 +107,11 @@ def _upstream(
 def job_ended(end: Ended) -> None:
     """A job reached a terminal status (``ends.announce``)."""
     code = end.error_code.value if end.error_code is not None else "none"
+    at = time.time()  # the minute it ended, not the minute it is written
 
     def build(pipe: store.Pipe) -> None:
         store.add(pipe, JOBS_ENDED, (end.status.value, code))
-        store.ended(pipe, end.status.value, code, time.time())
+        store.ended(pipe, end.status.value, code, at)
 
     writer.send(build)
 

@@ -204,10 +204,15 @@ class Simulator:
             err = not_found(f"file '{task_id}/{index}.png' not found")
             return Response(error_body(err), 404, media_type="application/json")
         params = task.params
-        spec = ImageSpec(
-            params.prompt, task.seed, params.width, params.height, index, params.reference_key
-        )
-        data = await self.images.get(spec, params.reference)
+        if self.config.images == "stock":  # one file per size and index, rendered once
+            spec = ImageSpec("stock", 0, params.width, params.height, index, "")
+            reference = None
+        else:
+            spec = ImageSpec(
+                params.prompt, task.seed, params.width, params.height, index, params.reference_key
+            )
+            reference = params.reference
+        data = await self.images.get(spec, reference)
         self.store.stats.file_downloads += 1
         return Response(data, media_type="image/png")
 

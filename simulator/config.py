@@ -34,6 +34,7 @@ _NON_NEGATIVE_FLOATS = frozenset(
     }
 )
 _NON_NEGATIVE_INTS = frozenset({"concurrency_limit", "rpm_limit"})
+IMAGE_MODES = ("rendered", "stock")
 
 
 @dataclass
@@ -76,6 +77,10 @@ class SimConfig:
     price_per_image: str = "0.0350"
     # Starting balance of every team, a decimal string; None means unlimited.
     balance: str | None = None
+    # Result files: "rendered" draws each task's own images (a fresh render per task);
+    # "stock" serves one image per size and index, like a CDN whose files cost this host
+    # nothing: benchmarks use it, since the simulator shares the workers' CPU.
+    images: str = "rendered"
     faults: Faults = field(default_factory=Faults)
 
     @classmethod
@@ -142,6 +147,7 @@ _SCALAR_FIELDS = (
     "public_base_url",
     "price_per_image",
     "balance",
+    "images",
 )
 _ENV_ALIASES = {"concurrency_limit": "concurrency", "rpm_limit": "rpm"}
 _FAULT_FIELDS = tuple(f.name for f in dataclasses.fields(Faults))
@@ -185,6 +191,10 @@ def _coerce(name: str, value: Any, from_text: bool) -> Any:
         return None if from_text and value in ("", "none", "null") else value
     if name == "seed":
         return _coerce_seed(value, from_text)
+    if name == "images":
+        if value not in IMAGE_MODES:
+            raise ValueError(f"field 'images' must be one of {', '.join(IMAGE_MODES)}")
+        return value
     if name in _NON_NEGATIVE_INTS:
         number: float = _as_int(name, value, from_text)
     elif name in _PROBABILITIES or name in _NON_NEGATIVE_FLOATS:

@@ -611,6 +611,19 @@ async def test_images_are_rendered_once_and_cached(sim: Sim) -> None:
     assert sim.app.sim.images.renders == 1
 
 
+async def test_stock_images_are_one_file_per_size_for_every_task(make_sim: SimFactory) -> None:
+    sim = await make_sim(images="stock")
+    first = await finish(sim, await sim.created(payload(prompt="one")))
+    second = await finish(sim, await sim.created(payload(prompt="another")))
+    urls = [d["result"]["resources"][0]["url"] for d in (first, second)]
+    assert urls[0] != urls[1]  # each task has its own file...
+    assert await download(sim, urls[0]) == await download(sim, urls[1])  # ...of one image
+    assert sim.app.sim.images.renders == 1
+    assert SimConfig.from_env({"SIM_IMAGES": "stock"}).images == "stock"
+    with pytest.raises(ValueError, match="images"):
+        SimConfig.from_env({"SIM_IMAGES": "sometimes"})
+
+
 async def test_file_404_for_unknown_and_out_of_range(sim: Sim) -> None:
     task_id = await sim.created(payload(n=2))
     await finish(sim, task_id)

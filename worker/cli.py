@@ -623,7 +623,6 @@ def metrics(
 ) -> None:
     """Serve Prometheus metrics on /metrics: the service now and what every worker observed."""
     import ipaddress
-    import logging
 
     from .metrics.exporter import serve
 
@@ -641,7 +640,7 @@ def metrics(
     if credentials is None and not loopback:
         err.print(f"[red]binding {host} needs IMAGEGEN_METRICS_BASIC_AUTH (user:password)[/]")
         raise typer.Exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _logging("metrics", settings)  # JSON lines like the other services
     serve(_snapshot_reader(settings), host, port or settings.metrics_port, credentials)
 
 

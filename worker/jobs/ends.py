@@ -3,8 +3,9 @@
 Every change that ends a job (``repository.transition`` to a terminal status, and
 ``repository.record_invalid``) reports an :class:`Ended` here, once, when its statement has
 run. What must follow every end hangs off :func:`announce`: the task that ended a job learns
-of it (``taken``) to finish as Celery's FAILURE when the job failed, and the end is logged
-(one ``job.ended`` line per end, whichever process or thread ended it).
+of it (``taken``) to finish as Celery's FAILURE when the job failed, the end is logged
+(one ``job.ended`` line per end, whichever process or thread ended it) and counted
+(``imagegen_jobs_ended_total``, and the per-minute hashes behind ``imagegen top``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """What workers observe, as one-line calls from the code that sees it.
 
-Each call adds into the shared Redis hashes (``store``) in one round trip and never raises:
-a metric must not break or slow a job.
+Each call hands its additions to this process's writer (``store.Writer``), which sends them
+into the shared Redis hashes once a second, and never raises: a metric must not break or
+slow a job.
 """
 
 from __future__ import annotations

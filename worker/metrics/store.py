@@ -234,7 +234,8 @@ def read(redis: Redis, known: Mapping[str, Series]) -> Stored:
 
 
 def ended_since(redis: Redis, minutes: int, now: float) -> dict[tuple[str, str], int]:
-    """Jobs that ended in the last ``minutes`` whole minutes and this one, by status and code."""
+    """Jobs that ended in the last ``minutes`` minutes (the current one included), by status
+    and code."""
     current = int(now // 60)
     pipe = redis.pipeline(transaction=False)
     for minute in range(current - minutes + 1, current + 1):

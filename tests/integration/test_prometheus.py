@@ -4,7 +4,7 @@ reads the same snapshot, against a stack in a known state built by a real worker
 The state: two jobs succeeded, one refused as invalid_request and one garbage entry dropped
 (real worker traffic: submits, polls, ends); then the simulator holds its tasks, so three
 jobs hold the three upstream slots and four wait queued; the worker is stopped so nothing
-moves; one queued job is made an hour overdue, and two deliveries are recorded (one
+moves; one pending job is made an hour overdue, and two deliveries are recorded (one
 pending, one dead). Prometheus is Debian's own binary (``make tools`` installs it), run with
 a temporary configuration and storage on free ports, never the package's service.
 """
@@ -80,7 +80,8 @@ def known(stack: Stack) -> Iterator[Known]:
         "three jobs pending upstream and four queued",
     )
     stack.stop_workers()  # nothing moves from here on
-    overdue_job = stack.sql("SELECT id FROM jobs WHERE status = 'queued' LIMIT 1")[0][0]
+    # a job upstream whose next poll went missing (a queued job waits for a slot, not a step)
+    overdue_job = stack.sql("SELECT id FROM jobs WHERE status = 'pending' LIMIT 1")[0][0]
     stack.sql(
         "UPDATE jobs SET next_check_at = now() - interval '1 hour' WHERE id = :j", j=overdue_job
     )

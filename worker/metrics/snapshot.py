@@ -29,10 +29,16 @@ _LIVE_JOBS: Final = text(
     "SELECT status, count(*), extract(epoch FROM now() - min(created_at)) "  # noqa: S608
     f"FROM jobs WHERE status IN ({sql_list(LIVE)}) GROUP BY status"
 )
+#: How late a next step may be before it counts as overdue (a poll claimed this instant).
+OVERDUE_GRACE_SECONDS: Final = 5
+# Jobs someone must move on (holding a slot, or cancelled and still followed) whose next step
+# is late; queued jobs wait for a slot, not for a step (the backlog shows them).
 # count(*) OVER () is computed before the LIMIT: the number of overdue jobs and the oldest.
 _OVERDUE: Final = text(
     "SELECT count(*) OVER (), id, extract(epoch FROM now() - next_check_at) "  # noqa: S608
-    f"FROM jobs WHERE status IN ({sql_list(LIVE)}) AND next_check_at < now() "
+    f"FROM jobs WHERE (status IN ({sql_list(HOLDING_SLOT)}) OR (status = 'cancelled' "
+    "AND next_check_at IS NOT NULL)) "
+    f"AND next_check_at < now() - interval '{OVERDUE_GRACE_SECONDS} seconds' "
     "ORDER BY next_check_at LIMIT 1"
 )
 _DELIVERIES: Final = text(

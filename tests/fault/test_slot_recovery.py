@@ -117,3 +117,56 @@ def test_a_killed_workers_slots_are_busy_again_within_seconds(
         beat.stop()
         stack.stop_workers()
         stack.clean()
+
+
+def test_a_post_under_way_at_a_warm_shutdown_is_left_to_finish(
+    stack: Stack, report: dict[str, Any]
+) -> None:
+    # A worker stopping (SIGTERM) stops announcing itself at once but drains its running
+    # tasks: its peers take it for dead while its POST is still under way. The reclaim must
+    # leave that job alone (its answer is about to be recorded), or the paid task would be
+    # lost (and with IMAGEGEN_RESUBMIT_UNKNOWN=true, paid twice).
+    stack.clean()
+    stack.sim_configure(
+        concurrency_limit=3,
+        pending_seconds=0.3,
+        processing_seconds=1.0,
+        faults={"hang_probability": 1.0, "hang_seconds": 20.0},
+    )
+    drainer = stack.start_worker("drainer", **SHIPPED)
+    try:
+        job_id = stack.send(request(prompt="posted while stopping"))
+        stack.wait_for(
+            lambda: bool(
+                stack.sql(
+                    "SELECT count(*) FROM jobs WHERE id = :id AND status = 'submitting'"
+                    " AND submit_started_at IS NOT NULL",
+                    id=job_id,
+                )[0][0]
+            ),
+            timeout=30,
+            what="the job's POST under way",
+        )
+        stack.start_worker("peer", **SHIPPED)
+        stack.sim_configure(faults={"hang_probability": 0.0})  # only that POST hangs
+        drainer.popen.terminate()  # warm shutdown: the POST goes on
+        stack.wait_for(
+            lambda: _count_events(stack, "worker.reclaimed") >= 1,
+            timeout=30,
+            what="the peer reclaiming the stopping worker",
+        )
+        status_at_reclaim = stack.sql("SELECT status FROM jobs WHERE id = :id", id=job_id)[0][0]
+        view = stack.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=60)
+        report.update(
+            status_when_reclaimed=status_at_reclaim,
+            ended=view.status.value,
+            error_code=view.error_code.value if view.error_code else None,
+            upstream_tasks=len(stack.sim_tasks()),
+        )
+        assert status_at_reclaim == "submitting"  # the reclaim came while the POST hung
+        assert view.status.value == "succeeded", view.error_message
+        assert len(stack.sim_tasks()) == 1  # paid once, and that task is the job's
+    finally:
+        drainer.stop()
+        stack.stop_workers()
+        stack.clean()

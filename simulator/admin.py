@@ -29,7 +29,11 @@ class Admin:
         return _json(sim.store.stats_dict(sim.clock(), config.balance, config.keys.values()))
 
     async def tasks(self, request: Request) -> Response:
-        """GET /_sim/tasks[?team=...]: {"tasks": [...]}, every task still held, oldest first."""
+        """GET /_sim/tasks[?team=...]: {"tasks": [...]}, every task still held, oldest first.
+
+        Each row carries created_at, processing_at, ends_at and duration_seconds (the
+        drawn upstream duration), enough to rebuild the ideal schedule of a run.
+        """
         sim = self.sim
         now = sim.clock()
         ttl = sim.config.result_ttl_seconds
@@ -42,7 +46,10 @@ class Admin:
                 "n": task.params.n,
                 "status": "expired" if now >= task.ends_at + ttl else task.status(now),
                 "created_at": task.created_at,
+                "processing_at": task.processing_at,
                 "ends_at": task.ends_at,
+                # Drawn upstream duration, so a benchmark can rebuild the ideal schedule.
+                "duration_seconds": task.ends_at - task.created_at,
             }
             for task in sim.store.tasks.values()
             if team is None or task.team == team
@@ -74,6 +81,8 @@ class Admin:
         nested = changes.get("faults")
         if "seed" in changes or (isinstance(nested, dict) and "seed" in nested):
             self.sim.reseed()
+        if "timing_seed" in changes:
+            self.sim.reseed_timing()
         return _json(self.sim.config.public_dict())
 
     async def reset(self, request: Request) -> Response:
@@ -84,6 +93,7 @@ class Admin:
         self.sim.store = Store()
         self.sim.images = ImageCache()
         self.sim.reseed()
+        self.sim.reseed_timing()
         return _json({"ok": True})
 
 

@@ -21,6 +21,7 @@ from simulator.envelope import (
 )
 from simulator.images import ImageCache, ImageSpec
 from simulator.state import Store, Task, TeamState, anonymous_headers
+from simulator.timing import draw_durations
 from simulator.validation import parse_submit
 
 _TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
@@ -52,10 +53,16 @@ class Simulator:
         self.store = Store()
         self.images = ImageCache()
         self.rng = random.Random(config.faults.seed)
+        # Durations get their own RNG: a fault roll (or its absence) must not shift them.
+        self.timing_rng = random.Random(config.timing_seed)
 
     def reseed(self) -> None:
         """Restart the fault RNG from the configured seed."""
         self.rng = random.Random(self.config.faults.seed)
+
+    def reseed_timing(self) -> None:
+        """Restart the duration RNG from the configured timing_seed."""
+        self.timing_rng = random.Random(self.config.timing_seed)
 
     def roll(self, name: str, probability: float) -> bool:
         """Draw one fault; counts it in faults_injected when it fires."""
@@ -140,13 +147,16 @@ class Simulator:
         error = None
         if self.roll("fail_task", config.faults.fail_task):
             error = config.faults.fail_reason or self.rng.choice(_FAIL_REASONS)
+        pending, processing = draw_durations(
+            config, self.timing_rng, params.n, params.width, params.height
+        )
         # No await since the balance check: the reservation cannot race another submit.
         task = self.store.create(
             team,
             params,
             now,
-            config.pending_seconds,
-            config.processing_seconds,
+            pending,
+            processing,
             error,
             f"{cost:.4f}",
         )

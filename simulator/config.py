@@ -31,10 +31,19 @@ _NON_NEGATIVE_FLOATS = frozenset(
         "pending_seconds",
         "processing_seconds",
         "result_ttl_seconds",
+        "duration_sigma",
+        "pending_sigma",
     }
 )
+# Must be > 0: medians (a lognormal's log) and the duration cap.
+_POSITIVE_FLOATS = frozenset({"duration_median_seconds", "pending_median_seconds", "max_seconds"})
+# Any finite value: scaling exponents (negative means bigger tasks run faster per unit).
+_FINITE_FLOATS = frozenset({"n_exponent", "pixel_exponent"})
+# A sigma above this makes the tail meaningless (the max_seconds clamp would carry it).
+MAX_SIGMA = 5.0
 _NON_NEGATIVE_INTS = frozenset({"concurrency_limit", "rpm_limit"})
 IMAGE_MODES = ("rendered", "stock")
+TIMING_MODES = ("fixed", "lognormal")
 
 
 @dataclass
@@ -81,6 +90,22 @@ class SimConfig:
     # "stock" serves one image per size and index, like a CDN whose files cost this host
     # nothing: benchmarks use it, since the simulator shares the workers' CPU.
     images: str = "rendered"
+    # Task durations (see simulator/timing.py): "fixed" uses pending_seconds and
+    # processing_seconds exactly; "lognormal" draws the whole duration around
+    # duration_median_seconds (log-spread duration_sigma) and carves a pending phase drawn
+    # around pending_median_seconds (pending_sigma) out of it. Both scale the work by
+    # n ** n_exponent and (pixels / 1024²) ** pixel_exponent, and clamp to max_seconds.
+    timing: str = "fixed"
+    duration_median_seconds: float = 8.0
+    duration_sigma: float = 0.5
+    pending_median_seconds: float = 0.5
+    pending_sigma: float = 0.0
+    n_exponent: float = 0.0
+    pixel_exponent: float = 0.0
+    max_seconds: float = 600.0
+    # Seed of the duration RNG, separate from faults.seed so fault rolls never shift the
+    # durations; None: a fresh random sequence.
+    timing_seed: int | None = None
     faults: Faults = field(default_factory=Faults)
 
     @classmethod
@@ -148,6 +173,15 @@ _SCALAR_FIELDS = (
     "price_per_image",
     "balance",
     "images",
+    "timing",
+    "duration_median_seconds",
+    "duration_sigma",
+    "pending_median_seconds",
+    "pending_sigma",
+    "n_exponent",
+    "pixel_exponent",
+    "max_seconds",
+    "timing_seed",
 )
 _ENV_ALIASES = {"concurrency_limit": "concurrency", "rpm_limit": "rpm"}
 _FAULT_FIELDS = tuple(f.name for f in dataclasses.fields(Faults))
@@ -189,8 +223,17 @@ def _coerce(name: str, value: Any, from_text: bool) -> Any:
         if value is not None and not isinstance(value, str):
             raise ValueError(f"field '{name}' must be a string or null")
         return None if from_text and value in ("", "none", "null") else value
-    if name == "seed":
-        return _coerce_seed(value, from_text)
+    if name in ("seed", "timing_seed"):
+        return _coerce_seed(name, value, from_text)
+    if name == "timing":
+        if value not in TIMING_MODES:
+            raise ValueError(f"field 'timing' must be one of {', '.join(TIMING_MODES)}")
+        return value
+    if name in _POSITIVE_FLOATS or name in _FINITE_FLOATS:
+        real = _as_float(name, value, from_text)
+        if name in _POSITIVE_FLOATS and real <= 0:
+            raise ValueError(f"field '{name}' must be > 0, got {real}")
+        return real
     if name == "images":
         if value not in IMAGE_MODES:
             raise ValueError(f"field 'images' must be one of {', '.join(IMAGE_MODES)}")
@@ -207,16 +250,18 @@ def _coerce(name: str, value: Any, from_text: bool) -> Any:
         return _coerce_balance(value, from_text)
     else:
         return _coerce_price(name, value)
+    if name.endswith("_sigma") and number > MAX_SIGMA:
+        raise ValueError(f"field '{name}' must be between 0 and {MAX_SIGMA}, got {number}")
     if number < 0 or (name in _PROBABILITIES and number > 1):
         bounds = "between 0 and 1" if name in _PROBABILITIES else ">= 0"
         raise ValueError(f"field '{name}' must be {bounds}, got {number}")
     return number
 
 
-def _coerce_seed(value: Any, from_text: bool) -> int | None:
+def _coerce_seed(name: str, value: Any, from_text: bool) -> int | None:
     if value is None or (from_text and str(value).lower() in ("none", "null")):
         return None
-    return _as_int("seed", value, from_text)
+    return _as_int(name, value, from_text)
 
 
 def _coerce_balance(value: Any, from_text: bool) -> str | None:

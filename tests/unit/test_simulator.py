@@ -19,6 +19,7 @@ from starlette.types import Message
 
 from simulator.app import DROPPED, SimApp, create_app
 from simulator.config import Faults, SimConfig
+from simulator.timing import draw_durations
 
 pytestmark = pytest.mark.anyio
 
@@ -1203,7 +1204,9 @@ async def test_tasks_listing_reports_status(sim: Sim) -> None:
         "n": 4,
         "status": "processing",
         "created_at": T0,
+        "processing_at": T0 + 0.5,
         "ends_at": T0 + 3.0,
+        "duration_seconds": 3.0,
     }
 
 
@@ -1255,3 +1258,184 @@ def test_config_from_env() -> None:
 def test_config_from_env_rejects_bad_values(env: dict[str, str]) -> None:
     with pytest.raises(ValueError, match=r"SIM_KEYS|field"):
         SimConfig.from_env(env)
+
+
+# --- Task timing: fixed and lognormal durations, scaling, seeding ---------------------------
+
+
+def _durations(sim: Sim) -> list[tuple[float, float]]:
+    """(pending, total) per task, straight from the simulator's own records."""
+    return [
+        (task.processing_at - task.created_at, task.ends_at - task.created_at)
+        for task in sim.app.sim.store.tasks.values()
+    ]
+
+
+async def _submit_many(sim: Sim, count: int, **fields: Any) -> None:
+    for _ in range(count):
+        await sim.created(payload(**fields))
+        # Let every task end so the concurrency limit never rejects the next one.
+        sim.clock.advance(10_000.0)
+
+
+async def test_fixed_timing_is_exact_and_the_default(make_sim: SimFactory) -> None:
+    sim = await make_sim(pending_seconds=1.25, processing_seconds=4.5)
+    assert (await sim.client.get("/_sim/config")).json()["timing"] == "fixed"
+    await _submit_many(sim, 3, n=4)
+    assert _durations(sim) == [(1.25, 5.75)] * 3
+
+
+async def test_lognormal_is_reproducible_under_a_seed(make_sim: SimFactory) -> None:
+    runs = []
+    for _ in range(2):
+        sim = await make_sim(timing="lognormal", timing_seed=42, pending_sigma=0.3)
+        await _submit_many(sim, 20)
+        runs.append(_durations(sim))
+    assert runs[0] == runs[1]
+    assert len({total for _, total in runs[0]}) == 20
+    assert all(0 < pending <= total for pending, total in runs[0])
+
+
+async def test_lognormal_sample_median_matches_config(make_sim: SimFactory) -> None:
+    sim = await make_sim(
+        timing="lognormal", timing_seed=7, duration_median_seconds=8.0, duration_sigma=0.5
+    )
+    rng = sim.app.sim.timing_rng
+    config = sim.app.sim.config
+    # The draw itself, 2,000 times: a seeded statistical check that cannot flake.
+    totals = sorted(sum(draw_durations(config, rng, 1, 1024, 1024)) for _ in range(2000))
+    median = (totals[999] + totals[1000]) / 2
+    assert abs(median - 8.0) < 0.4
+    assert max(totals) <= config.max_seconds
+
+
+async def test_sigma_zero_gives_the_median_exactly(make_sim: SimFactory) -> None:
+    sim = await make_sim(
+        timing="lognormal",
+        duration_median_seconds=6.5,
+        duration_sigma=0,
+        pending_median_seconds=1.5,
+        pending_sigma=0,
+    )
+    await _submit_many(sim, 3)
+    assert _durations(sim) == [(1.5, 6.5)] * 3
+
+
+async def test_pending_is_capped_by_the_whole_duration(make_sim: SimFactory) -> None:
+    sim = await make_sim(
+        timing="lognormal", duration_median_seconds=2.0, duration_sigma=0, pending_median_seconds=5
+    )
+    await _submit_many(sim, 1)
+    assert _durations(sim) == [(2.0, 2.0)]
+
+
+async def test_durations_scale_by_n_and_pixels(make_sim: SimFactory) -> None:
+    sim = await make_sim(
+        timing="lognormal",
+        duration_median_seconds=4.0,
+        duration_sigma=0,
+        pending_median_seconds=0.5,
+        n_exponent=1.0,
+        pixel_exponent=0.5,
+    )
+    await _submit_many(sim, 1, n=3, width=1024, height=1024)
+    await _submit_many(sim, 1, n=1, width=2048, height=2048)
+    assert [total for _, total in _durations(sim)] == [12.0, 8.0]
+    fixed = await make_sim(pending_seconds=0.5, processing_seconds=2.0, n_exponent=1.0)
+    await _submit_many(fixed, 1, n=2)
+    assert _durations(fixed) == [(0.5, 4.5)]
+
+
+async def test_max_seconds_clamps_the_tail(make_sim: SimFactory) -> None:
+    sim = await make_sim(
+        timing="lognormal", duration_median_seconds=100, duration_sigma=0, max_seconds=30
+    )
+    await _submit_many(sim, 1)
+    assert _durations(sim)[0][1] == 30.0
+
+
+async def test_fault_rolls_do_not_shift_durations(make_sim: SimFactory) -> None:
+    quiet = await make_sim(timing="lognormal", timing_seed=5)
+    await _submit_many(quiet, 10)
+    noisy = await make_sim(timing="lognormal", timing_seed=5, faults=Faults(fail_task=0.5, seed=1))
+    await _submit_many(noisy, 10)
+    assert _durations(quiet) == _durations(noisy)
+    assert (await noisy.stats())["faults_injected"]["fail_task"] > 0
+
+
+async def test_runtime_timing_seed_restarts_the_sequence(sim: Sim) -> None:
+    response = await sim.configure(timing="lognormal", timing_seed=11)
+    assert response.status_code == 200, response.text
+    assert response.json()["timing_seed"] == 11
+    await _submit_many(sim, 3)
+    first = _durations(sim)
+    await sim.client.post("/_sim/reset")
+    await _submit_many(sim, 3)
+    assert _durations(sim) == first
+    await sim.client.post("/_sim/reset")
+    await sim.configure(timing_seed=11)
+    await _submit_many(sim, 3)
+    assert _durations(sim) == first
+
+
+async def test_tasks_listing_shows_drawn_durations(make_sim: SimFactory) -> None:
+    sim = await make_sim(timing="lognormal", timing_seed=3, pending_sigma=0.4)
+    await _submit_many(sim, 4)
+    rows = (await sim.client.get("/_sim/tasks")).json()["tasks"]
+    assert [(r["processing_at"] - r["created_at"], r["duration_seconds"]) for r in rows] == (
+        _durations(sim)
+    )
+    assert all(r["ends_at"] == r["created_at"] + r["duration_seconds"] for r in rows)
+
+
+def test_timing_config_from_env() -> None:
+    config = SimConfig.from_env(
+        {
+            "SIM_TIMING": "lognormal",
+            "SIM_DURATION_MEDIAN_SECONDS": "9.5",
+            "SIM_DURATION_SIGMA": "0.25",
+            "SIM_PENDING_MEDIAN_SECONDS": "0.75",
+            "SIM_PENDING_SIGMA": "0.1",
+            "SIM_N_EXPONENT": "1",
+            "SIM_PIXEL_EXPONENT": "0.5",
+            "SIM_MAX_SECONDS": "120",
+            "SIM_TIMING_SEED": "17",
+        }
+    )
+    assert (config.timing, config.duration_median_seconds, config.duration_sigma) == (
+        "lognormal",
+        9.5,
+        0.25,
+    )
+    assert (config.pending_median_seconds, config.pending_sigma) == (0.75, 0.1)
+    assert (config.n_exponent, config.pixel_exponent, config.max_seconds) == (1.0, 0.5, 120.0)
+    assert config.timing_seed == 17
+    assert SimConfig.from_env({"SIM_TIMING_SEED": "none"}).timing_seed is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "field_name"),
+    [
+        ({"timing": "gaussian"}, "timing"),
+        ({"duration_median_seconds": 0}, "duration_median_seconds"),
+        ({"pending_median_seconds": -1}, "pending_median_seconds"),
+        ({"duration_sigma": -0.1}, "duration_sigma"),
+        ({"pending_sigma": 6}, "pending_sigma"),
+        ({"max_seconds": 0}, "max_seconds"),
+        ({"n_exponent": "x"}, "n_exponent"),
+        ({"pixel_exponent": float("inf")}, "pixel_exponent"),
+        ({"timing_seed": 1.5}, "timing_seed"),
+    ],
+)
+def test_timing_config_rejects_bad_values(changes: dict[str, Any], field_name: str) -> None:
+    config = SimConfig()
+    with pytest.raises(ValueError, match=f"field '{field_name}'"):
+        config.update(changes)
+    assert config == SimConfig()
+
+
+async def test_runtime_timing_update_is_validated(sim: Sim) -> None:
+    response = await sim.configure(timing="lognormal", duration_sigma=-1)
+    assert response.status_code == 400
+    assert "duration_sigma" in response.text
+    assert (await sim.client.get("/_sim/config")).json()["timing"] == "fixed"

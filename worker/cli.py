@@ -218,6 +218,12 @@ def simulator(
     pending: Annotated[float | None, typer.Option(help="Seconds a task stays pending.")] = None,
     processing: Annotated[float | None, typer.Option(help="Seconds it then processes.")] = None,
     public_url: Annotated[str | None, typer.Option(help="Base URL clients reach it at.")] = None,
+    timing: Annotated[str | None, typer.Option(help="Task durations: fixed or lognormal.")] = None,
+    median: Annotated[
+        float | None, typer.Option(help="Lognormal median of a whole task, seconds.")
+    ] = None,
+    sigma: Annotated[float | None, typer.Option(help="Lognormal sigma of a whole task.")] = None,
+    timing_seed: Annotated[int | None, typer.Option(help="Seed of the duration RNG.")] = None,
 ) -> None:
     """Run the Modellix simulator (settings from SIM_* variables, overridden by options)."""
     from simulator.config import SimConfig
@@ -235,6 +241,22 @@ def simulator(
     ):
         if value is not None:
             setattr(config, field, value)
+    timing_changes = {
+        name: value
+        for name, value in (
+            ("timing", timing),
+            ("duration_median_seconds", median),
+            ("duration_sigma", sigma),
+            ("timing_seed", timing_seed),
+        )
+        if value is not None
+    }
+    try:
+        # Through update(), unlike the fields above, so a bad value is refused by name.
+        config.update(timing_changes)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
     if public_url is not None:
         config.public_base_url = public_url
     elif "SIM_PUBLIC_BASE_URL" not in os.environ:

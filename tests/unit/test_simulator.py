@@ -1439,3 +1439,13 @@ async def test_runtime_timing_update_is_validated(sim: Sim) -> None:
     assert response.status_code == 400
     assert "duration_sigma" in response.text
     assert (await sim.client.get("/_sim/config")).json()["timing"] == "fixed"
+
+
+def test_cli_refuses_a_bad_timing_option() -> None:
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    result = CliRunner().invoke(app, ["simulator", "--timing", "lognormal", "--sigma", "-1"])
+    assert result.exit_code == 2
+    assert "duration_sigma" in result.output

@@ -9,7 +9,8 @@ duration, so a task never ends before it starts processing).
 
 Both modes scale the work by ``n ** n_exponent`` and by
 ``(width * height / 1024**2) ** pixel_exponent``; the exponents default to 0 (no scaling).
-Every duration is clamped to ``max_seconds`` so a lognormal tail cannot stall a benchmark.
+A drawn duration is clamped to ``max_seconds`` so a lognormal tail cannot stall a benchmark
+(fixed durations are what was asked for, however long).
 """
 
 import math
@@ -44,10 +45,8 @@ def draw_durations(
     """(pending, processing) seconds for one new task under the current config."""
     scale = work_scale(config, n, width, height)
     cap = config.max_seconds
-    if config.timing == "fixed":
-        pending = min(config.pending_seconds, cap)
-        processing = min(config.processing_seconds * scale, max(0.0, cap - pending))
-        return pending, processing
+    if config.timing == "fixed":  # exactly what was asked (the cap is for random tails)
+        return config.pending_seconds, config.processing_seconds * scale
     # Draw order is fixed (total, then pending) so one seed gives one sequence.
     total = min(_lognormal(rng, config.duration_median_seconds * scale, config.duration_sigma), cap)
     pending = min(_lognormal(rng, config.pending_median_seconds, config.pending_sigma), total)

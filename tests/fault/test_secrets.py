@@ -23,22 +23,19 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import httpx
 import pytest
 from redis import Redis
 
 from api_schema import ErrorCode, JobStatus, names
-from devtools.procs import Proc, free_port, imagegen_argv
+from tests.flower import Flower, running_flower, wait_value
 from tests.harness import API_KEY, Stack, request, tiny_png
 
 FLOWER_USER = "ops"
-T = TypeVar("T")
 
 
 # --- what is searched for --------------------------------------------------------------
@@ -206,45 +203,11 @@ def _cmdlines(pids: Iterable[int]) -> dict[int, str]:
 
 
 # --- waiting -----------------------------------------------------------------------------
-def _wait(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = probe()
-        except httpx.HTTPError:
-            value = None
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached after {timeout}s")
-        time.sleep(0.1)
-
-
-@dataclass
-class Flower:
-    proc: Proc
-    url: str
-    password: str
-    client: httpx.Client  # authenticated
-
-
 @pytest.fixture
 def flower(live: Stack) -> Iterator[Flower]:
     """``imagegen flower`` behind basic auth on a free port."""
-    password = f"flowerpw-{secrets.token_hex(10)}"
-    port = free_port()
-    proc = live.sup.start(
-        "flower",
-        imagegen_argv("flower", "--port", str(port)),
-        env=live.env(IMAGEGEN_FLOWER_BASIC_AUTH=f"{FLOWER_USER}:{password}"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        live.sup.wait_http(proc, f"{url}/api/workers", auth=(FLOWER_USER, password))
-        with httpx.Client(base_url=url, auth=(FLOWER_USER, password), timeout=15) as client:
-            yield Flower(proc, url, password, client)
-    finally:
-        proc.stop()
+    with running_flower(live, FLOWER_USER) as flower:
+        yield flower
 
 
 def test_api_key_and_flower_password_leak_nowhere(live: Stack, flower: Flower) -> None:
@@ -280,7 +243,7 @@ def test_api_key_and_flower_password_leak_nowhere(live: Stack, flower: Flower) -
         data = client.get("/workers", params={"json": 1}).json()["data"]
         return True if any(w["hostname"].startswith("w1@") for w in data) else None
 
-    _wait(worker_seen, 30, "Flower hearing the worker's events")
+    wait_value(worker_seen, 30, "Flower hearing the worker's events")
 
     # --- a job in flight: every Redis key and message, bodies decoded ----------------------
     # A slow submit holds the generate message (unacked, acks are late) while the POST is
@@ -298,12 +261,12 @@ def test_api_key_and_flower_password_leak_nowhere(live: Stack, flower: Flower) -
         return probe
 
     # the generate body holds the request (the prompt), not the job id (that is a header)
-    texts, _ = _wait(dump_holding(body["prompt"]), 15, "the generate message in Redis")
+    texts, _ = wait_value(dump_holding(body["prompt"]), 15, "the generate message in Redis")
     hits += _find(needles, "Redis while a job is submitted", texts)
     live.sim_configure(faults={"latency_ms": 0})
     live.wait_status(in_flight, {"pending", "processing"})
     # a poll body is [[job_id, seq], {}, {...}]
-    texts, _ = _wait(dump_holding(in_flight), 15, "the in-flight job's poll message in Redis")
+    texts, _ = wait_value(dump_holding(in_flight), 15, "the in-flight job's poll message in Redis")
     hits += _find(needles, "Redis while a job is polled", texts)
 
     from worker import jobs
@@ -394,7 +357,7 @@ def test_api_key_and_flower_password_leak_nowhere(live: Stack, flower: Flower) -
         # (a job admitted by its own accept is submitted inline, so no submit task may exist)
         return tasks if seen and names.POLL_TASK in kinds else None
 
-    tasks = _wait(flower_tasks, 30, "Flower recording every job's tasks")
+    tasks = wait_value(flower_tasks, 30, "Flower recording every job's tasks")
 
     # --- search everything ------------------------------------------------------------------
     pages = [

@@ -11,72 +11,34 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import subprocess
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from collections.abc import Iterator
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from api_schema import ErrorCode, JobStatus, names
-from devtools.procs import Proc, free_port, imagegen_argv
+from devtools.procs import imagegen_argv
+from tests.flower import Flower, running_flower, wait_value
 from tests.harness import API_KEY, Stack, request, tiny_png
 
 USER = "ops"
 REPLY_QUEUE = "backend.results"
 REPLY = {"task": "backend.job_done", "queue": REPLY_QUEUE}
-T = TypeVar("T")
-
-
-@dataclass
-class Flower:
-    proc: Proc
-    url: str
-    password: str
-    client: httpx.Client  # authenticated
-
-    def tasks(self) -> dict[str, dict[str, Any]]:
-        """Every task Flower knows, by task id."""
-        return cast(dict[str, dict[str, Any]], self.client.get("/api/tasks").json())
-
-
-def _wait(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached after {timeout}s")
-        time.sleep(0.1)
 
 
 @pytest.fixture
 def flower(live: Stack) -> Iterator[Flower]:
     """``imagegen flower`` behind basic auth, once it hears the worker's events."""
-    password = f"pw-{secrets.token_hex(8)}"
-    port = free_port()
-    proc = live.sup.start(
-        "flower",
-        imagegen_argv("flower", "--port", str(port)),
-        env=live.env(IMAGEGEN_FLOWER_BASIC_AUTH=f"{USER}:{password}"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        live.sup.wait_http(proc, f"{url}/api/workers", auth=(USER, password))
-        with httpx.Client(base_url=url, auth=(USER, password), timeout=15) as client:
+    with running_flower(live, USER) as flower:
 
-            def worker_seen() -> bool | None:
-                data = client.get("/workers", params={"json": 1}).json()["data"]
-                return True if any(w["hostname"].startswith("w1@") for w in data) else None
+        def worker_seen() -> bool | None:
+            data = flower.client.get("/workers", params={"json": 1}).json()["data"]
+            return True if any(w["hostname"].startswith("w1@") for w in data) else None
 
-            _wait(worker_seen, 30, "Flower hearing the worker's events")
-            yield Flower(proc, url, password, client)
-    finally:
-        proc.stop()
+        wait_value(worker_seen, 30, "Flower hearing the worker's events")
+        yield flower
 
 
 def _cancel(live: Stack, job_id: str) -> None:
@@ -181,7 +143,7 @@ def test_failed_jobs_are_failed_tasks_and_nothing_else_changes(live: Stack, flow
         busy = [t for t in tasks.values() if t["state"] in ("RECEIVED", "STARTED", "RETRY")]
         return tasks if len(failures) >= len(failed) and not busy else None
 
-    tasks = _wait(settled, 30, "Flower recording every failure")
+    tasks = wait_value(settled, 30, "Flower recording every failure")
     failures = {u: t for u, t in tasks.items() if t["state"] == "FAILURE"}
     assert len(failures) == len(failed), {u: t["exception"] for u, t in failures.items()}
     named: dict[str, str] = {}
@@ -263,7 +225,7 @@ def test_task_arguments_are_redacted_summaries(live: Stack, flower: Flower) -> N
         task = flower.tasks().get(job_id)
         return task if task is not None and task["state"] in ("SUCCESS", "FAILURE") else None
 
-    task = _wait(seen, 30, "Flower recording the generate task")
+    task = wait_value(seen, 30, "Flower recording the generate task")
     pages = [
         flower.client.get("/api/tasks").text,
         flower.client.get(f"/api/task/info/{job_id}").text,

@@ -1166,24 +1166,34 @@ class Overdue:
     poll_count: int
 
 
-def take_overdue(session: Db, *, stale_after: float, recheck_in: float) -> list[Overdue]:
-    """Claim jobs past ``next_check_at + stale_after`` and push their next check forward.
-
-    Queued jobs are not listed: admission finds them. The push makes a second sweeper
-    (or the next sweep) skip the same jobs while the re-published step runs.
-    """
+def _take(session: Db, *where: ColumnElement[bool], **params: Any) -> list[Overdue]:
+    """Claim the jobs to move on that match ``where``: push their next check forward (by
+    ``p_recheck``), so a second sweeper or reclaim skips them while their step runs."""
     rows = _run(
         session,
         update(J)
-        .where(_MOVES_ON, J.c.next_check_at < _later("p_stale"))
+        .where(_MOVES_ON, *where)
         .values(next_check_at=_later("p_recheck"))
         .returning(J.c.id, J.c.status, J.c.submit_started_at, J.c.poll_count),
-        {"p_stale": timedelta(seconds=-stale_after), "p_recheck": timedelta(seconds=recheck_in)},
+        params,
     ).all()
     return [
         Overdue(r.id, JobStatus(r.status), r.submit_started_at is not None, r.poll_count)
         for r in rows
     ]
+
+
+def take_overdue(session: Db, *, stale_after: float, recheck_in: float) -> list[Overdue]:
+    """Claim jobs past ``next_check_at + stale_after`` and push their next check forward.
+
+    Queued jobs are not listed: admission finds them.
+    """
+    return _take(
+        session,
+        J.c.next_check_at < _later("p_stale"),
+        p_stale=timedelta(seconds=-stale_after),
+        p_recheck=timedelta(seconds=recheck_in),
+    )
 
 
 def take_held(session: Db, job_ids: Sequence[str], *, recheck_in: float) -> list[Overdue]:
@@ -1197,26 +1207,17 @@ def take_held(session: Db, job_ids: Sequence[str], *, recheck_in: float) -> list
     """
     if not job_ids:
         return []
-    rows = _run(
+    return _take(
         session,
-        update(J)
-        .where(
-            J.c.id.in_(bindparam("p_ids", expanding=True)),
-            _MOVES_ON,
-            or_(
-                J.c.status != S.SUBMITTING.value,
-                J.c.submit_started_at.is_(None),
-                J.c.next_check_at <= func.now(),
-            ),
-        )
-        .values(next_check_at=_later("p_recheck"))
-        .returning(J.c.id, J.c.status, J.c.submit_started_at, J.c.poll_count),
-        {"p_ids": list(job_ids), "p_recheck": timedelta(seconds=recheck_in)},
-    ).all()
-    return [
-        Overdue(r.id, JobStatus(r.status), r.submit_started_at is not None, r.poll_count)
-        for r in rows
-    ]
+        J.c.id.in_(bindparam("p_ids", expanding=True)),
+        or_(
+            J.c.status != S.SUBMITTING.value,
+            J.c.submit_started_at.is_(None),
+            J.c.next_check_at <= func.now(),
+        ),
+        p_ids=list(job_ids),
+        p_recheck=timedelta(seconds=recheck_in),
+    )
 
 
 def counts(session: Db) -> dict[str, int]:

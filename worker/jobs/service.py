@@ -533,7 +533,7 @@ def sweep() -> dict[str, int]:
         overdue = jobs.take_overdue(
             session,
             stale_after=settings.stale_after_seconds,
-            recheck_in=settings.read_timeout + settings.retry_max_interval_seconds,
+            recheck_in=_recheck_in(settings),
         )
     republished, unknown = _move_on(overdue)
     admitted = dispatch()  # nothing inline: every admitted job gets its submit message
@@ -556,6 +556,12 @@ def sweep() -> dict[str, int]:
     if any(result.values()):
         log.info("sweep.acted", **result)
     return result
+
+
+def _recheck_in(settings: Settings) -> float:
+    """How long a job moved on by the sweeper or a reclaim is left to its new step before
+    either looks at it again (a poll's longest wait for an answer)."""
+    return settings.read_timeout + settings.retry_max_interval_seconds
 
 
 def _move_on(overdue: list[jobs.Overdue]) -> tuple[int, int]:
@@ -581,15 +587,14 @@ def _move_on(overdue: list[jobs.Overdue]) -> tuple[int, int]:
 def reclaim(node: str) -> dict[str, int]:
     """Move on every job a dead worker held (``worker/presence.py``): at once, instead of
     when the sweeper finds them late. Their slots come back as soon as the upstream says
-    their tasks ended; a job whose POST the dead worker had started ends as
+    their tasks ended. A job whose POST the dead worker had started is taken only once that
+    POST's answer can no longer come (``jobs.take_held``); it then ends as
     ``submit_outcome_unknown`` (never sent twice), as the sweeper would decide."""
     runtime = get_runtime()
     settings = runtime.settings
     held = presence.holdings(runtime.redis, node)
     with transaction() as session:
-        taken = jobs.take_held(
-            session, held, recheck_in=settings.read_timeout + settings.retry_max_interval_seconds
-        )
+        taken = jobs.take_held(session, held, recheck_in=_recheck_in(settings))
     republished, unknown = _move_on(taken)
     presence.forget(runtime.redis, node)
     result = {

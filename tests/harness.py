@@ -27,6 +27,10 @@ FAST_WORKER_ENV = {
     "IMAGEGEN_POLL_INTERVAL_SECONDS": "0.2",
     "IMAGEGEN_POLL_MAX_INTERVAL_SECONDS": "0.5",
     "IMAGEGEN_POLL_JITTER": "0.1",
+    # The tests' tasks last from milliseconds to seconds, test after test: polls placed by
+    # durations learned in the previous test would be timed for another workload. The
+    # learned placement has its own tests (tests/integration/test_budget.py, unit tests).
+    "IMAGEGEN_POLL_ADAPTIVE": "false",
     "IMAGEGEN_RETRY_MAX_INTERVAL_SECONDS": "1",
     "IMAGEGEN_READ_TIMEOUT": "5",
     "IMAGEGEN_CONNECT_TIMEOUT": "2",
@@ -43,6 +47,7 @@ SIM_DEFAULTS: dict[str, Any] = {
     "rpm_limit": 0,
     "pending_seconds": 0.2,
     "processing_seconds": 0.4,
+    "timing": "fixed",  # (a test may draw lognormal durations; the next one must not)
     "result_ttl_seconds": 3600,
     "balance": None,
     # every knob off, derived from the simulator itself so a new knob cannot leak between tests

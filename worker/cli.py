@@ -407,7 +407,10 @@ def cancel(job_id: str) -> None:
         err.print(f"no job {job_id}")
         raise typer.Exit(1)
     if not done:
-        err.print(f"job {job_id} is {now.value}; nothing to cancel")
+        if now is JobStatus.SUBMITTING:  # its POST started: the answer is a moment away
+            err.print(f"job {job_id}: its submit is under way; try again in a moment")
+        else:
+            err.print(f"job {job_id} is {now.value}; nothing to cancel")
         raise typer.Exit(1)
     # Its slot is free now: a sweep admits the next queued job without waiting for beat
     # (sent through the workers' app: internal messages are signed).

@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     poll_backoff: float = Field(default=1.5, ge=1.0)
     poll_max_interval_seconds: float = Field(default=10.0, gt=0)
     poll_jitter: float = Field(default=0.2, ge=0, le=1)
+    poll_adaptive: bool = Field(
+        default=True,
+        description="Place polls by the durations learned from finished tasks (the poll_* "
+        "settings then bound them); false: the configured schedule only.",
+    )
+    slot_probes: bool = Field(
+        default=True,
+        description="When a backlog waits and every slot is taken, POST the next job when a "
+        "slot is likely free (a refused probe is never charged).",
+    )
     retry_max_interval_seconds: float = Field(default=30.0, gt=0)
     default_deadline_seconds: int = Field(default=900, ge=1)
 

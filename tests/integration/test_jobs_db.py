@@ -33,7 +33,7 @@ def _accept(body: object, job_id: str | None = None) -> jobs.Accepted:
 
 def _claim(limit: int) -> list[str]:
     with autocommit() as connection:
-        return jobs.admit(connection, limit)
+        return jobs.admit(connection, limit).admitted
 
 
 def _race(n: int, fn: Callable[[], T]) -> list[T]:
@@ -279,3 +279,76 @@ def test_reclaim_leaves_a_post_under_way_until_its_answer_cannot_come(db: Stack)
     assert sorted((t.job_id, t.submit_started) for t in taken) == sorted(
         [(sending, True), (unsent, False)]
     )
+
+
+# --- slot probes (migration 0009) -------------------------------------------------------------
+
+
+def _running(limit: int) -> list[str]:
+    """``limit`` jobs at the upstream, holding every slot."""
+    running = []
+    for i in range(limit):
+        job_id = _accept(request()).job_id
+        assert _claim(limit) == [job_id]
+        with session_scope() as session:
+            assert jobs.record_submitted(session, job_id, f"task-probe{i}", first_poll_in=1)
+        running.append(job_id)
+    return running
+
+
+def _admit_probing(limit: int) -> jobs.Admission:
+    with autocommit() as connection:
+        return jobs.admit(connection, limit, probe_cap=2 * limit)
+
+
+def test_a_full_upstream_with_a_backlog_admits_one_probe(db: Stack) -> None:
+    running = _running(3)
+    backlog = [_accept(request()).job_id for _ in range(3)]
+
+    first = _admit_probing(3)
+    assert first.admitted == []
+    assert first.probe is not None and first.probe.job_id == backlog[0]
+    assert len(first.probe.ages) == len(running)
+    assert all(0 <= age < 60 for age in first.probe.ages)
+    # one probe at a time: the next admission lets nobody in
+    assert _admit_probing(3) == jobs.Admission([])
+    # without probes, a full upstream admits nothing at all
+    with autocommit() as connection:
+        assert jobs.admit(connection, 3) == jobs.Admission([])
+    events = db.sql(
+        "SELECT detail FROM job_events WHERE job_id = :j AND to_status = 'submitting'",
+        j=backlog[0],
+    )
+    assert events == [("slot probe",)]
+
+
+def test_a_waiting_probe_goes_first_when_a_slot_frees(db: Stack) -> None:
+    running = _running(3)
+    backlog = [_accept(request()).job_id for _ in range(3)]
+    probe = _admit_probing(3).probe
+    assert probe is not None
+    with autocommit() as connection:
+        assert jobs.defer_submit(connection, probe.job_id, 60)
+
+    with session_scope() as session:  # a poll sees one running job succeed
+        assert jobs.fail(session, running[0], ErrorCode.UPSTREAM_FAILED, "ended")
+    freed = _admit_probing(3)
+    # the probe is sent now instead of a fourth job being admitted beside it
+    assert freed == jobs.Admission([probe.job_id])
+    assert db.sql("SELECT status FROM jobs WHERE id = :j", j=backlog[1]) == [("queued",)]
+
+
+def test_an_accepted_probe_leaves_the_books_one_ahead_up_to_the_cap(db: Stack) -> None:
+    limit = 2
+    _running(limit)
+    for _ in range(4):
+        _accept(request())
+    for n in range(limit):  # each probe accepted: the upstream had freed a slot unseen
+        probe = _admit_probing(limit).probe
+        assert probe is not None, f"probe {n}"
+        with session_scope() as session:
+            assert jobs.record_submitted(session, probe.job_id, f"task-extra{n}", first_poll_in=1)
+    holding = db.sql("SELECT count(*) FROM jobs WHERE status IN ('pending', 'submitting')")
+    assert holding == [(2 * limit,)]
+    # the books may run at most one limit ahead of what the polls have seen
+    assert _admit_probing(limit) == jobs.Admission([])

@@ -19,7 +19,13 @@ def three_workers(stack: Stack) -> Iterator[Stack]:
     """Three ``celery worker`` processes, each with its own pools, like three hosts."""
     stack.clean()
     for name in ("w1", "w2", "w3"):
-        stack.start_worker(name, concurrency=4, IMAGEGEN_UPSTREAM_CONCURRENCY=str(LIMIT))
+        # exact admission: no slot probes (tests/integration/test_budget.py has them)
+        stack.start_worker(
+            name,
+            concurrency=4,
+            IMAGEGEN_UPSTREAM_CONCURRENCY=str(LIMIT),
+            IMAGEGEN_SLOT_PROBES="false",
+        )
     try:
         yield stack
     finally:

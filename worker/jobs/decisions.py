@@ -47,6 +47,7 @@ class Decision:
     code: ErrorCode | None = None  # the error code it ends with, when it ends
     message: str = ""
     pause: float | None = None  # every worker waits this long first (the upstream asked)
+    slots_full: bool = False  # the upstream said every slot of the team is taken
 
 
 def pause_for(error: UpstreamError, cap: float) -> float | None:
@@ -57,14 +58,21 @@ def pause_for(error: UpstreamError, cap: float) -> float | None:
     return min(wanted, cap)
 
 
-def after_submit(error: UpstreamError | None, *, resubmit_unknown: bool, cap: float) -> Decision:
-    """What a POST's outcome means: ``error`` is None when the upstream accepted it."""
+def after_submit(
+    error: UpstreamError | None, *, resubmit_unknown: bool, cap: float, probing: bool = False
+) -> Decision:
+    """What a POST's outcome means: ``error`` is None when the upstream accepted it.
+
+    With ``probing`` (slot probes on), "Concurrent limit exceeded" pauses nobody: it is the
+    expected answer to a probe sent a little early, says nothing about the request rate, and
+    the next probe is planned from the running tasks, not from its ``Retry-After``.
+    """
     if error is None:
         return Decision(SubmitAnswer.ACCEPTED)
-    pause = pause_for(error, cap)
+    pause = None if probing and error.concurrency else pause_for(error, cap)
     if isinstance(error, RetryableError):
         return Decision(SubmitAnswer.NOT_ACCEPTED, message=f"not accepted: {error.message}",
-                        pause=pause)  # fmt: skip
+                        pause=pause, slots_full=error.concurrency)  # fmt: skip
     if isinstance(error, PermanentError):
         return Decision(SubmitAnswer.REJECTED, error.error_code, error.message, pause)
     if not isinstance(error, OutcomeUnknownError):

@@ -673,21 +673,72 @@ def resolve(session: Session, job_id: str, *, with_images: bool = False) -> Job 
 ADMISSION_LOCK_KEY: Final = 443444737
 #: Admission, done inside PostgreSQL (migration 0004): under one advisory lock it counts
 #: the jobs holding slots and moves the most urgent, oldest queued jobs into the free ones.
-_ADMIT: Final = text("SELECT job_id FROM imagegen_admit(:slot_limit, :actor)")
+_ADMIT: Final = text(
+    "SELECT job_id, probe, ages FROM imagegen_admit_probing(:slot_limit, :probe_cap, :actor)"
+)
 
 
-def admit(connection: Connection, limit: int) -> list[str]:
-    """Admit queued jobs into free upstream slots; return their ids (now ``submitting``).
+@dataclass(frozen=True)
+class Probe:
+    """A job admitted beyond the limit, to be POSTed when a slot is likely free."""
+
+    job_id: str
+    ages: list[float]  # seconds since each running job was accepted upstream
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What one admission let in."""
+
+    admitted: list[str]  # to POST now: free slots (and a waiting probe whose slot freed)
+    probe: Probe | None = None
+
+
+def admit(connection: Connection, limit: int, *, probe_cap: int = 0) -> Admission:
+    """Admit queued jobs into free upstream slots (they are now ``submitting``).
 
     Run it on an autocommit connection, after the change that may let a job in (a new
     queued job, a freed slot) is committed. The admission lock serialises every worker's
     call across processes and hosts, and is held only while the function runs inside
     PostgreSQL: a caller waits for it (microseconds) instead of skipping, so no change is
     ever missed and no announce-and-retry protocol is needed. Most urgent first, then
-    oldest; nothing when the upstream is full.
+    oldest; nothing when the upstream is full, except, with ``probe_cap`` above the jobs
+    holding slots, one slot probe (migration 0009 says how it works).
     """
-    rows = _run(connection, _ADMIT, {"slot_limit": limit, "actor": ACTOR.get()})
-    return [str(r[0]) for r in rows]
+    params = {"slot_limit": limit, "probe_cap": probe_cap, "actor": ACTOR.get()}
+    admitted: list[str] = []
+    probe: Probe | None = None
+    for job_id, is_probe, ages in _run(connection, _ADMIT, params):
+        if is_probe:
+            probe = Probe(str(job_id), [float(a) for a in ages or []])
+        else:
+            admitted.append(str(job_id))
+    return Admission(admitted, probe)
+
+
+_DEFER: Final = text(
+    "UPDATE jobs SET next_check_at = now() + make_interval(secs => :p_in) "
+    "WHERE id = :p_id AND status = 'submitting' AND submit_started_at IS NULL"
+)
+
+
+def defer_submit(connection: Connection, job_id: str, seconds: float) -> bool:
+    """Hold an admitted job's POST for ``seconds`` (a slot probe waiting for its time); a
+    freed slot sends it earlier (the admission releases it)."""
+    return bool(_run(connection, _DEFER, {"p_id": job_id, "p_in": float(seconds)}).rowcount)
+
+
+_PRESSURE: Final = text(
+    "SELECT count(*) FILTER (WHERE status = 'queued'), "
+    "count(*) FILTER (WHERE status <> 'queued') "
+    "FROM jobs WHERE status IN ('queued', 'submitting', 'pending', 'processing')"
+)
+
+
+def pressure(connection: Connection) -> tuple[int, int]:
+    """(jobs queued for a slot, jobs holding one)."""
+    queued, holding = _run(connection, _PRESSURE, {}).one()
+    return int(queued), int(holding)
 
 
 _SUBMITTABLE: Final = select(J.c.id).where(
@@ -1247,6 +1298,7 @@ __all__ = [
     "TRANSITIONS",
     "VIEW_SQL",
     "Accepted",
+    "Admission",
     "After",
     "Conflict",
     "Db",
@@ -1255,6 +1307,7 @@ __all__ = [
     "Overdue",
     "Page",
     "PollTicket",
+    "Probe",
     "StoredCopy",
     "SubmitTicket",
     "accept",
@@ -1264,6 +1317,7 @@ __all__ = [
     "claim_poll",
     "counts",
     "create",
+    "defer_submit",
     "expire_overdue",
     "fail",
     "find_by_key",
@@ -1277,6 +1331,7 @@ __all__ = [
     "mark_processing",
     "page_of",
     "ping",
+    "pressure",
     "raw_fingerprint",
     "record_dropped",
     "record_invalid",

@@ -26,11 +26,17 @@ from worker.logs import about_job, bind_upstream, get_logger
 from worker.metrics import observe
 from worker.runtime import Runtime, get_runtime
 from worker.storage import StorageError, StoredImage, copy_image
-from worker.upstream.client import TASK_ID, OutcomeUnknownError, TaskState, UpstreamError
+from worker.upstream.client import (
+    TASK_ID,
+    OutcomeUnknownError,
+    RateLimit,
+    TaskState,
+    UpstreamError,
+)
 
-from . import decisions
+from . import decisions, durations
 from .decisions import INLINE_SUBMITS, PollAnswer, SubmitAnswer, SweepAction
-from .schedule import poll_delay, retry_delay
+from .schedule import Pressure, next_poll, poll_delay, probe_delay, retry_delay
 
 log = get_logger("imagegen.jobs")
 T = TypeVar("T")
@@ -131,19 +137,69 @@ def admit_and_post() -> None:
             _submit_inline(job_id)
 
 
-def dispatch(*, inline: int = 0) -> list[str]:
-    """Admit queued jobs into free upstream slots; return the ids of all it admitted.
+def dispatch(*, inline: int = 0, full: bool = False) -> list[str]:
+    """Admit queued jobs into free upstream slots; return the ids of those to POST now.
 
     Call it after the change that may let a job in (a new queued job, a freed slot) is
     committed. Every admitted job but the first ``inline`` gets a submit message; the
     caller POSTs those itself, saving the message hop between a slot freeing and the POST.
+    A slot probe (every slot taken, a backlog waiting) gets a submit message timed for when
+    a slot is likely free (``schedule.probe_delay``). ``full``: the upstream just said every
+    slot is taken, whatever our books say (a cancelled job's task still runs there, or
+    another client of the team's key): only a probe may go, at its time.
     """
+    runtime = get_runtime()
+    settings = runtime.settings
+    limit = settings.upstream_concurrency
+    # Jobs the upstream ended unseen (accepted probes) count in our books until polled;
+    # twice the limit bounds how far the books may run ahead of what we have seen.
+    probe_cap = 2 * limit if settings.slot_probes else 0
     with autocommit() as connection:
-        admitted = jobs.admit(connection, get_runtime().settings.upstream_concurrency)
-    presence.hold(admitted)  # until this task ends: its peers reclaim them if it dies
+        # (without probes the refused job is admitted again at once, and the pause the
+        # refusal set holds its POST back)
+        admitted_up_to = 0 if full and settings.slot_probes else limit
+        admission = jobs.admit(connection, admitted_up_to, probe_cap=probe_cap)
+        probe = admission.probe
+        if probe is not None:
+            delay = probe_delay(probe.ages, settings, _durations(runtime))
+            jobs.defer_submit(connection, probe.job_id, delay)
+    admitted = admission.admitted
+    presence.hold(admitted + ([probe.job_id] if probe else []))
     for job_id in decisions.split_admitted(admitted, inline)[1]:
         later(names.SUBMIT_TASK, job_id)
+    if probe is not None:
+        log.info("job.probe_planned", job_id=probe.job_id, send_in=round(delay, 3))
+        later(names.SUBMIT_TASK, probe.job_id, countdown=delay)
     return admitted
+
+
+def _durations(runtime: Runtime) -> durations.Durations | None:
+    """What is learned of the upstream's durations (None: too little, or not wanted)."""
+    if not runtime.settings.poll_adaptive:
+        return None
+    return durations.for_process(runtime.redis).current()
+
+
+_pressure_cache: tuple[float, Pressure] | None = None
+
+
+def _pressure() -> Pressure:
+    """Jobs queued and holding slots, as of at most a second ago (one query a second)."""
+    global _pressure_cache
+    now = time.monotonic()
+    if _pressure_cache is None or now - _pressure_cache[0] > 1.0:
+        with autocommit() as connection:
+            queued, holding = jobs.pressure(connection)
+        _pressure_cache = (now, Pressure(queued, holding))
+    return _pressure_cache[1]
+
+
+def _poll_in(runtime: Runtime, attempt: int, age: float | None) -> float:
+    """Seconds before poll ``attempt`` of a task accepted ``age`` seconds ago."""
+    settings = runtime.settings
+    learned = _durations(runtime)
+    wants_pressure = learned is not None and settings.upstream_rpm > 0
+    return next_poll(attempt, age, settings, learned, _pressure() if wants_pressure else None)
 
 
 def submit(job_id: str, upstream_task_id: str | None, attempt: int | None) -> str | Again:
@@ -206,14 +262,18 @@ def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     except UpstreamError as exc:
         error = exc
     decision = decisions.after_submit(
-        error, resubmit_unknown=settings.resubmit_unknown, cap=settings.retry_max_interval_seconds
+        error,
+        resubmit_unknown=settings.resubmit_unknown,
+        cap=settings.retry_max_interval_seconds,
+        probing=settings.slot_probes,
     )
     _throttle(runtime, decision)
     if decision.answer is not SubmitAnswer.ACCEPTED:
         _apply_submit_decision(job_id, decision)
         return str(decision.answer)
+    _heed(runtime, submitted.rate_limit)
     # The upstream's clock started when it got the POST, not when we stored its answer.
-    first_poll = max(0.0, poll_delay(0, runtime.settings) - (time.monotonic() - sent_at))
+    first_poll = max(0.0, _poll_in(runtime, 0, 0.0) - (time.monotonic() - sent_at))
     try:
         return _record_submitted(job_id, submitted.task_id, first_poll)
     except (OperationalError, InterfaceError):
@@ -241,7 +301,7 @@ def _apply_submit_decision(job_id: str, decision: decisions.Decision) -> None:
         # back in the queue; a definite answer must not be lost to a connection a database
         # restart broke (the retried task could not record it)
         _again_if_disconnected(_requeue, job_id, decision.message)
-        dispatch()
+        dispatch(full=decision.slots_full)
         return
     assert decision.code is not None
     _end(
@@ -264,6 +324,8 @@ def _record_submitted(
         bind_upstream(job_id, upstream_task_id)
         log.info("job.submitted", job_id=job_id, upstream_task_id=upstream_task_id)
         later(names.POLL_TASK, job_id, 0, countdown=first_poll)
+        if get_runtime().settings.slot_probes:
+            dispatch()  # every admitted job is at the upstream now: time for the next probe
         return "submitted"
     log.warning("job.moved_on", job_id=job_id, upstream_task_id=upstream_task_id)
     return "moved-on"
@@ -322,7 +384,12 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
     if decision.answer is PollAnswer.STARTED and ticket.status is JobStatus.PENDING:
         with autocommit() as session:  # one statement
             jobs.mark_processing(session, job_id)
-    return Again((job_id, ticket.seq), poll_delay(ticket.seq, settings))
+    age = (
+        ticket.submitted_ago + (time.monotonic() - ticket.claimed_at)
+        if ticket.submitted_ago is not None
+        else None
+    )
+    return Again((job_id, ticket.seq), _poll_in(runtime, ticket.seq, age))
 
 
 @dataclass(frozen=True)
@@ -353,6 +420,8 @@ def _ask(runtime: Runtime, ticket: jobs.PollTicket) -> _Asked | float:
         error = exc
     decision = decisions.after_poll(state, error, cap=runtime.settings.retry_max_interval_seconds)
     _throttle(runtime, decision)
+    if state is not None:
+        _heed(runtime, state.rate_limit)
     return _Asked(decision, state, error)
 
 
@@ -415,6 +484,8 @@ def _finish(
         done = jobs.succeed(session, job_id, outcome, failure=failure)
     if done:
         observe.poll_ended(ticket, state.duration_ms)
+        if settings.poll_adaptive:
+            durations.for_process(runtime.redis).record(state.duration_ms)
         admit_and_post()  # its slot is free: refill it from here
     return "succeeded" if failure is None else "failed"
 
@@ -518,6 +589,18 @@ def _throttle(runtime: Runtime, decision: decisions.Decision) -> None:
     if decision.pause is not None:
         runtime.gate.pause(decision.pause)
         log.warning("upstream.paused", seconds=round(decision.pause, 3))
+
+
+def _heed(runtime: Runtime, rate_limit: RateLimit) -> None:
+    """An answer that says the team's window is spent (``X-RateLimit-Remaining: 0``) holds
+    every worker until its ``X-RateLimit-Reset``: the upstream counts requests we did not
+    make (another key of the team, a clock apart), and its count is the one that refuses."""
+    if rate_limit.remaining == 0:
+        wait = rate_limit.wait_seconds()
+        if wait:
+            seconds = min(wait, runtime.settings.retry_max_interval_seconds)
+            runtime.gate.pause(seconds)
+            log.warning("upstream.paused", seconds=round(seconds, 3), reason="window spent")
 
 
 # --- the sweeper ---------------------------------------------------------------------------

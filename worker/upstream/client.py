@@ -236,11 +236,14 @@ class UpstreamError(Exception):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        concurrency: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        #: a 429 "Concurrent limit exceeded": the team's slots were all taken (not its rate)
+        self.concurrency = concurrency
 
     @property
     def throttle(self) -> bool:
@@ -267,6 +270,8 @@ class UpstreamError(Exception):
             f"HTTP {response.status_code}: {text}",
             status=response.status_code,
             retry_after=RateLimit.from_headers(response.headers).wait_seconds(),
+            concurrency=response.status_code == 429
+            and message.strip().lower().startswith("concurrent"),
         )
 
 

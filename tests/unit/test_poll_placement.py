@@ -1,0 +1,215 @@
+"""Where polls and slot probes go: the learned durations and the schedule built on them."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import statistics
+
+import httpx
+import pytest
+
+from worker.config import Settings
+from worker.jobs import decisions
+from worker.jobs.durations import Durations
+from worker.jobs.schedule import (
+    POLL_HIT,
+    POLL_HIT_BACKLOG,
+    PROBE_SHARE,
+    Pressure,
+    next_poll,
+    poll_delay,
+    probe_delay,
+)
+from worker.upstream.client import RetryableError, UpstreamError
+from worker.upstream.gate import WINDOW_MS
+
+RNG_SEED = 20261202
+
+
+def lognormal(median: float, sigma: float, n: int = 500) -> Durations:
+    rng = random.Random(RNG_SEED)
+    return Durations.of([rng.lognormvariate(math.log(median), sigma) for _ in range(n)])
+
+
+def settings(**overrides: object) -> Settings:
+    return Settings(modellix_api_key="k", poll_jitter=0, **overrides)  # type: ignore[arg-type]
+
+
+# --- the learned distribution -------------------------------------------------------------
+
+
+def test_survival_and_quantile_are_inverse_and_interpolated() -> None:
+    d = Durations.of([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert d.samples == (1.0, 2.0, 3.0, 4.0, 5.0)
+    assert d.quantile(0.5) == 3.0
+    assert d.quantile(0.125) == pytest.approx(1.5)
+    assert d.survival(0.5) == 1.0
+    assert d.survival(1.5) == pytest.approx(0.875)
+    assert d.survival(5.0) == 0.0
+    for p in (0.1, 0.3, 0.5, 0.9):
+        assert d.survival(d.quantile(p)) == pytest.approx(1 - p)
+
+
+def test_after_conditions_on_the_task_still_running() -> None:
+    d = Durations.of([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert d.after(0.0, 0.5) == pytest.approx(3.0)
+    # still running at 3 s: half of what is left ends by 4 s
+    assert d.after(3.0, 0.5) == pytest.approx(4.0)
+    assert d.after(5.0, 0.5) is None  # older than every known task
+
+
+def test_first_end_of_several_tasks_comes_sooner_than_of_one() -> None:
+    d = lognormal(8, 0.5)
+    one = d.first_end([0.0], 0.5, 120)
+    three = d.first_end([0.0, 0.0, 0.0], 0.5, 120)
+    assert one is not None and three is not None
+    assert one == pytest.approx(d.quantile(0.5), rel=0.01)
+    assert three < one
+    # P(min of three <= t) = 1 - S(t)^3 = 0.5
+    assert d.survival(three) ** 3 == pytest.approx(0.5, abs=0.01)
+    assert d.first_end([100.0], 0.5, 120) == 0.0  # one is past every known duration
+    assert d.first_end([], 0.5, 120) is None
+    assert Durations.of([50.0] * 8).first_end([0.0], 0.5, 10) is None  # past the horizon
+
+
+# --- polls ----------------------------------------------------------------------------------
+
+
+def test_without_learned_durations_the_configured_schedule_holds() -> None:
+    s = settings()
+    assert next_poll(0, 0.0, s, None) == poll_delay(0, s)
+    assert next_poll(3, 5.0, s, None) == poll_delay(3, s)
+    off = settings(poll_adaptive=False)
+    assert next_poll(0, 0.0, off, lognormal(8, 0.5)) == poll_delay(0, off)
+
+
+def test_the_first_poll_goes_where_most_tasks_have_ended() -> None:
+    d = lognormal(8, 0.5)
+    first = next_poll(0, 0.0, settings(), d)
+    assert first == pytest.approx(d.quantile(POLL_HIT), rel=0.01)
+    assert 8.0 < first < 10.5  # the 60th percentile of a median of 8 s
+
+
+def test_later_polls_follow_the_learned_spread() -> None:
+    d = lognormal(8, 0.5)
+    s = settings()
+    age, times = 0.0, []
+    for attempt in range(6):
+        age += next_poll(attempt, age, s, d)
+        times.append(age)
+    # each poll finds the task ended with probability ~0.6 given it was running before
+    for before, at in itertools.pairwise(times):
+        hit = 1 - d.survival(at) / d.survival(before)
+        assert hit == pytest.approx(POLL_HIT, abs=0.1) or at - before in (
+            s.poll_interval_seconds,
+            s.poll_max_interval_seconds,
+        )
+    # expected polls per task when tasks follow the learned distribution
+    rng = random.Random(1)
+    polls = []
+    for _ in range(2000):
+        true = d.quantile(rng.random())
+        n, age, attempt = 0, 0.0, 0
+        while True:
+            age += next_poll(attempt, age, s, d)
+            n, attempt = n + 1, attempt + 1
+            if age >= true:
+                break
+        polls.append(n)
+    assert statistics.mean(polls) < 2.2
+
+
+def test_learned_gaps_keep_the_configured_bounds() -> None:
+    s = settings(poll_interval_seconds=2.0, poll_max_interval_seconds=4.0)
+    tight = Durations.of([10.0 + i / 100 for i in range(20)])  # all within 0.2 s
+    gap = next_poll(1, 10.05, s, tight)
+    assert gap == 2.0  # never shorter than poll_interval_seconds
+    wide = lognormal(30, 1.0)
+    assert next_poll(3, 30.0, s, wide) <= 4.0  # later gaps capped by poll_max_interval
+    # the first poll may wait as long as tasks take, inside the broker's visibility window
+    assert next_poll(0, 0.0, s, Durations.of([60.0] * 10)) == pytest.approx(60.0)
+    assert next_poll(0, 0.0, s, Durations.of([900.0] * 10)) == s.visibility_timeout_seconds / 4
+
+
+def test_a_task_older_than_every_known_one_falls_back_to_the_backoff() -> None:
+    s = settings()
+    d = Durations.of([5.0] * 10)
+    assert next_poll(4, 7.0, s, d) == poll_delay(4, s)
+
+
+def test_with_nothing_queued_a_late_gap_is_at_most_the_fair_share_of_the_budget() -> None:
+    s = settings(upstream_rpm=100)
+    d = lognormal(60, 0.8)
+    idle = next_poll(1, 70.0, s, d, Pressure(queued=0, holding=3))
+    share = WINDOW_MS / 1000 * 3 / 100
+    assert idle == pytest.approx(max(s.poll_interval_seconds, share))
+    # the first poll still waits for the likely end
+    assert next_poll(0, 0.0, s, d, Pressure(0, 3)) == pytest.approx(d.quantile(POLL_HIT))
+    unlimited = next_poll(1, 70.0, settings(upstream_rpm=0), d, Pressure(0, 3))
+    assert unlimited > idle
+
+
+def test_with_a_backlog_and_probes_polls_only_fetch_results() -> None:
+    d = lognormal(8, 0.5)
+    s = settings()
+    backlog = next_poll(0, 0.0, s, d, Pressure(queued=5, holding=3))
+    assert backlog == pytest.approx(d.quantile(POLL_HIT_BACKLOG))
+    assert backlog > next_poll(0, 0.0, s, d, Pressure(queued=0, holding=3))
+    no_probes = settings(slot_probes=False)
+    assert next_poll(0, 0.0, no_probes, d, Pressure(5, 3)) == pytest.approx(d.quantile(POLL_HIT))
+
+
+# --- slot probes ---------------------------------------------------------------------------
+
+
+def test_probes_never_outpace_their_share_of_the_budget() -> None:
+    d = lognormal(8, 0.5)
+    s = settings(upstream_rpm=100, upstream_concurrency=3)
+    floor = WINDOW_MS / 1000 / (100 * PROBE_SHARE)
+    # three tasks deep in their likely end: as soon as the budget allows
+    assert probe_delay([9.0, 9.5, 10.0], s, d) == pytest.approx(floor)
+    # three fresh tasks: at the time one of them has likely ended
+    fresh = probe_delay([0.0, 0.0, 0.0], s, d)
+    assert fresh > 3.0
+    assert probe_delay([0.0, 0.0, 0.0], s, None) == max(floor, s.poll_interval_seconds)
+
+
+def test_a_probe_counts_the_oldest_extra_tasks_as_ended() -> None:
+    d = lognormal(8, 0.5)
+    s = settings(upstream_rpm=0, upstream_concurrency=3)
+    # a fourth task's slot was already found free by an accepted probe: the oldest (30 s,
+    # past every likely duration) is taken as that one, not as a task about to end
+    assert probe_delay([30.0, 1.0, 1.0, 1.0], s, d) == probe_delay([1.0, 1.0, 1.0], s, d)
+    assert probe_delay([1.0, 1.0, 1.0], s, d) > 1.0
+
+
+def _concurrency_429() -> UpstreamError:
+    response = httpx.Response(
+        429,
+        json={"code": 429, "message": "Concurrent limit exceeded: 3 tasks pending or processing"},
+        headers={"Retry-After": "7"},
+    )
+    return RetryableError.from_response(response)
+
+
+def test_a_refused_probe_pauses_nobody() -> None:
+    error = _concurrency_429()
+    assert error.concurrency
+    probing = decisions.after_submit(error, resubmit_unknown=False, cap=30, probing=True)
+    assert probing.answer is decisions.SubmitAnswer.NOT_ACCEPTED
+    assert probing.pause is None
+    # without probes a concurrency 429 means another client holds the team's slots: wait
+    exact = decisions.after_submit(error, resubmit_unknown=False, cap=30)
+    assert exact.pause == 7
+
+
+def test_a_rate_429_still_pauses_everyone_when_probing() -> None:
+    response = httpx.Response(
+        429, json={"code": 429, "message": "Rate limit exceeded: 100 per minute"}
+    )
+    error = RetryableError.from_response(response)
+    assert not error.concurrency
+    decision = decisions.after_submit(error, resubmit_unknown=False, cap=30, probing=True)
+    assert decision.pause is not None

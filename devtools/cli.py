@@ -20,6 +20,13 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 BenchOutput = Annotated[Path, typer.Option(help="Folder for the JSON results.")]
+TunedOption = Annotated[
+    bool,
+    typer.Option(
+        help="Also run with the poll settings tuned to the duration the bench configured "
+        "(a second column, for comparison; the targets apply to the shipped defaults)."
+    ),
+]
 out = Console()
 
 
@@ -57,6 +64,8 @@ def bench_inflight(
     split_queues: Annotated[
         bool, typer.Option(help="Separate workers for new requests and for submits/polls.")
     ] = False,
+    tuned: TunedOption = False,
+    redis_db: Annotated[int, typer.Option(help="Redis db number of the stacks.")] = 11,
     output: BenchOutput = Path("bench-results"),
 ) -> None:
     """Upstream tasks kept in flight, detection lag, polls and memory; vs GET+sleep loops."""
@@ -64,7 +73,7 @@ def bench_inflight(
 
     inflight(
         out, output, jobs=jobs, duration=duration, naive_jobs=naive_jobs, workers=workers,
-        threads=threads, split_queues=split_queues,
+        threads=threads, split_queues=split_queues, tuned=tuned, redis_db=redis_db,
     )  # fmt: skip
 
 
@@ -74,12 +83,42 @@ def bench_utilization(
     limit: Annotated[int, typer.Option(help="Upstream concurrency limit.")] = 3,
     duration: Annotated[float, typer.Option(help="Upstream seconds per task.")] = 2.0,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 3,
+    tuned: TunedOption = False,
+    redis_db: Annotated[int, typer.Option(help="Redis db number of the stack.")] = 12,
     output: BenchOutput = Path("bench-results"),
 ) -> None:
     """How busy a backlog keeps the paid upstream slots (makespan vs ideal, idle, 429s)."""
     from .bench.scenarios import utilization
 
-    utilization(out, output, jobs=jobs, limit=limit, duration=duration, workers=workers)
+    utilization(
+        out, output, jobs=jobs, limit=limit, duration=duration, workers=workers, tuned=tuned,
+        redis_db=redis_db,
+    )  # fmt: skip
+
+
+@bench_app.command("realistic")
+def bench_realistic(
+    jobs: Annotated[int, typer.Option(help="Backlog size, sent at once.")] = 60,
+    limit: Annotated[int, typer.Option(help="The team's upstream concurrency limit.")] = 3,
+    rpm: Annotated[int, typer.Option(help="The team's upstream requests per minute.")] = 100,
+    median: Annotated[float, typer.Option(help="Median upstream seconds per task.")] = 8.0,
+    sigma: Annotated[float, typer.Option(help="Log-spread of the durations.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the simulator's durations.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 3,
+    compare: Annotated[
+        bool, typer.Option(help="Also run the same workload polled every 1 s.")
+    ] = True,
+    redis_db: Annotated[int, typer.Option(help="Redis db number of the stacks.")] = 12,
+    output: BenchOutput = Path("bench-results"),
+) -> None:
+    """Shipped defaults on a team's tier with varying durations: efficiency against the ideal
+    schedule of the same tasks, polls, detection lag, 429s by kind; vs polling every 1 s."""
+    from .bench.scenarios import realistic
+
+    realistic(
+        out, output, jobs=jobs, limit=limit, rpm=rpm, median=median, sigma=sigma, seed=seed,
+        workers=workers, compare=compare, redis_db=redis_db,
+    )  # fmt: skip
 
 
 @bench_app.command("api")
@@ -114,10 +153,11 @@ def bench_api(
 def bench_all(output: BenchOutput = Path("bench-results")) -> None:
     """Every scenario with its defaults."""
     from .bench.api import api_bench
-    from .bench.scenarios import inflight, throughput, utilization
+    from .bench.scenarios import inflight, realistic, throughput, utilization
 
     throughput(out, output)
     utilization(out, output)
+    realistic(out, output)
     inflight(out, output)
     api_bench(out, output)
 

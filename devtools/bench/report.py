@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +68,21 @@ def environment() -> dict[str, Any]:
 def emit(
     console: Console,
     scenario: str,
-    rows: list[tuple[str, str, str]],
+    rows: Sequence[Sequence[str]],
     data: dict[str, Any],
     output: Path,
+    columns: Sequence[str] = ("metric", "value", "target"),
 ) -> Path:
-    """Print ``rows`` (metric, value, target) and write ``data`` as JSON; return the file."""
+    """Print ``rows`` (by default metric, value, target; one cell per column) and write
+    ``data`` as JSON; return the file."""
     table = Table(title=f"imagegen bench {scenario}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("target", justify="right")
-    for metric, value, target in rows:
-        table.add_row(metric, value, target)
+    table.add_column(columns[0])
+    for column in columns[1:]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        if len(row) != len(columns):
+            raise ValueError(f"row {row!r} does not have the {len(columns)} columns {columns}")
+        table.add_row(*row)
     console.print(table)
     output.mkdir(parents=True, exist_ok=True)
     path = output / f"{scenario}.json"

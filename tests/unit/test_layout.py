@@ -73,6 +73,7 @@ def test_devtools_cli_has_demo_and_bench() -> None:
         "throughput",
         "inflight",
         "utilization",
+        "realistic",
         "api",
         "all",
     }

@@ -34,6 +34,8 @@ ENV = {
     "IMAGEGEN_UPSTREAM_CONCURRENCY": "3",
     "IMAGEGEN_UPSTREAM_RPM": "1000",  # the limiter on, so requests are counted
     "IMAGEGEN_METRICS_BASIC_AUTH": f"{METRICS_USER}:{METRICS_PASSWORD}",
+    # a known, still state: no queued job admitted as a slot probe when the workers stop
+    "IMAGEGEN_SLOT_PROBES": "false",
     "COLUMNS": "200",
 }
 HELD, QUEUED = 3, 4

@@ -174,6 +174,9 @@ def test_probes_never_outpace_their_share_of_the_budget() -> None:
     fresh = probe_delay([0.0, 0.0, 0.0], s, d)
     assert fresh > 3.0
     assert probe_delay([0.0, 0.0, 0.0], s, None) == max(floor, s.poll_interval_seconds)
+    # nothing learned, the busy tasks long running: slower, up to the configured cap
+    assert probe_delay([6.0, 5.0, 4.0], s, None) == 3.0
+    assert probe_delay([600.0, 590.0, 580.0], s, None) == s.poll_max_interval_seconds
 
 
 def test_a_probe_counts_the_oldest_extra_tasks_as_ended() -> None:
@@ -213,3 +216,17 @@ def test_a_rate_429_still_pauses_everyone_when_probing() -> None:
     assert not error.concurrency
     decision = decisions.after_submit(error, resubmit_unknown=False, cap=30, probing=True)
     assert decision.pause is not None
+
+
+def test_before_anything_is_learned_no_task_is_looked_at_younger_than_the_oldest() -> None:
+    s = settings()
+    # the oldest task still runs at 25 s: a task of 2 s is looked at no sooner than 23 s on
+    fresh = next_poll(0, 2.0, s, None, Pressure(queued=0, holding=500, oldest=25.0))
+    assert fresh == pytest.approx(23.0)
+    # the oldest itself follows the configured schedule
+    assert next_poll(4, 25.0, s, None, Pressure(0, 500, 25.0)) == poll_delay(4, s)
+    # nothing at the upstream yet (the first submit): the configured first poll
+    assert next_poll(0, 0.0, s, None, Pressure(0, 1, None)) == poll_delay(0, s)
+    # bounded by the broker's visibility window
+    long_ago = next_poll(0, 0.0, s, None, Pressure(0, 1, 10_000.0))
+    assert long_ago == s.visibility_timeout_seconds / 4

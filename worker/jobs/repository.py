@@ -730,15 +730,18 @@ def defer_submit(connection: Connection, job_id: str, seconds: float) -> bool:
 
 _PRESSURE: Final = text(
     "SELECT count(*) FILTER (WHERE status = 'queued'), "
-    "count(*) FILTER (WHERE status <> 'queued') "
+    "count(*) FILTER (WHERE status <> 'queued'), "
+    "extract(epoch FROM now() - min(submitted_at) "
+    "FILTER (WHERE status IN ('pending', 'processing')))::double precision "
     "FROM jobs WHERE status IN ('queued', 'submitting', 'pending', 'processing')"
 )
 
 
-def pressure(connection: Connection) -> tuple[int, int]:
-    """(jobs queued for a slot, jobs holding one)."""
-    queued, holding = _run(connection, _PRESSURE, {}).one()
-    return int(queued), int(holding)
+def pressure(connection: Connection) -> tuple[int, int, float | None]:
+    """(jobs queued for a slot, jobs holding one, seconds since the oldest job still at the
+    upstream was accepted there: None when none is)."""
+    queued, holding, oldest = _run(connection, _PRESSURE, {}).one()
+    return int(queued), int(holding), None if oldest is None else float(oldest)
 
 
 _SUBMITTABLE: Final = select(J.c.id).where(

@@ -51,6 +51,7 @@ class Pressure:
 
     queued: int
     holding: int
+    oldest: float | None = None  # age of the oldest task still at the upstream (s)
 
 
 def poll_delay(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:
@@ -88,8 +89,10 @@ def next_poll(
     longer than each holding job's fair share of the request budget: a producer waiting on
     a lone job gets it promptly once it is due, at a cost the budget has spare.
     """
-    if not settings.poll_adaptive or durations is None or age is None:
+    if not settings.poll_adaptive or age is None:
         return poll_delay(attempt, settings, rng)
+    if durations is None:
+        return _before_learning(attempt, age, settings, pressure, rng)
     backlog = pressure is not None and pressure.queued > 0
     at = durations.after(age, POLL_HIT_BACKLOG if backlog and settings.slot_probes else POLL_HIT)
     if at is None:  # older than every known task: the configured backoff takes over
@@ -112,6 +115,24 @@ def next_poll(
     return gap + (rng or random).uniform(-spread, spread)
 
 
+def _before_learning(
+    attempt: int,
+    age: float,
+    settings: Settings,
+    pressure: Pressure | None,
+    rng: random.Random | None,
+) -> float:
+    """Nothing finished yet (a new deployment): the configured schedule, but no task is
+    looked at before it reaches the age of the oldest one still running, which says every
+    task so far took at least that long. Without it, a first burst of long tasks would be
+    polled on the short configured schedule until one of them ends: thousands of polls for
+    nothing when thousands are in flight."""
+    configured = poll_delay(attempt, settings, rng)
+    if pressure is None or pressure.oldest is None or pressure.oldest <= age:
+        return configured
+    return min(max(configured, pressure.oldest - age), settings.visibility_timeout_seconds / 4)
+
+
 def probe_delay(ages: list[float], settings: Settings, durations: Durations | None) -> float:
     """Seconds before POSTing a slot probe while tasks of these ``ages`` hold every slot.
 
@@ -125,8 +146,11 @@ def probe_delay(ages: list[float], settings: Settings, durations: Durations | No
     floor = WINDOW_MS / 1000 / (rpm * PROBE_SHARE) if rpm > 0 else settings.poll_interval_seconds
     busy = sorted(ages)[: settings.upstream_concurrency]
     if durations is None or not busy:
-        # nothing learned yet: as often as the configured poll schedule looks at a task
-        return max(floor, settings.poll_interval_seconds)
+        # Nothing learned yet: the longer the busy tasks have run without one ending, the
+        # longer they are likely to take; the configured interval and cap bound the wait.
+        oldest = max(busy, default=0.0)
+        backoff = min(settings.poll_max_interval_seconds, oldest / 2)
+        return max(floor, settings.poll_interval_seconds, backoff)
     wait = durations.first_end(busy, PROBE_HIT, PROBE_HORIZON)
     if wait is None:
         wait = settings.poll_max_interval_seconds

@@ -189,17 +189,16 @@ def _pressure() -> Pressure:
     now = time.monotonic()
     if _pressure_cache is None or now - _pressure_cache[0] > 1.0:
         with autocommit() as connection:
-            queued, holding = jobs.pressure(connection)
-        _pressure_cache = (now, Pressure(queued, holding))
+            queued, holding, oldest = jobs.pressure(connection)
+        _pressure_cache = (now, Pressure(queued, holding, oldest))
     return _pressure_cache[1]
 
 
 def _poll_in(runtime: Runtime, attempt: int, age: float | None) -> float:
     """Seconds before poll ``attempt`` of a task accepted ``age`` seconds ago."""
     settings = runtime.settings
-    learned = _durations(runtime)
-    wants_pressure = learned is not None and settings.upstream_rpm > 0
-    return next_poll(attempt, age, settings, learned, _pressure() if wants_pressure else None)
+    pressure = _pressure() if settings.poll_adaptive else None
+    return next_poll(attempt, age, settings, _durations(runtime), pressure)
 
 
 def submit(job_id: str, upstream_task_id: str | None, attempt: int | None) -> str | Again:

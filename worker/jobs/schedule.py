@@ -40,7 +40,12 @@ PROBE_HIT: Final = 0.2
 #: Probes may use this share of the request budget's rate; the rest is for submits and polls.
 #: (Pacing them by the window's spare requests instead was measured: fewer refused probes,
 #: but slots stood idle longer, efficiency 0.876 against 0.931 on the same seed.)
-PROBE_SHARE: Final = 0.7
+PROBE_SHARE: Final = 0.8
+#: ...and keep looking at this share of it at least, however unlikely an end.
+PROBE_MIN_SHARE: Final = 0.25
+#: Our books may count this many times the limit of jobs holding slots: accepted probes
+#: mean tasks the upstream ended that our polls have not seen yet.
+PROBE_BOOKS: Final = 3
 #: How far ahead a probe is planned at most (it is planned again after each answer).
 PROBE_HORIZON: Final = 120.0
 
@@ -93,7 +98,10 @@ def next_poll(
         return poll_delay(attempt, settings, rng)
     if durations is None:
         return _before_learning(attempt, age, settings, pressure, rng)
-    backlog = pressure is not None and pressure.queued > 0
+    # A backlog that outlasts the running tasks: each of their slots will be taken again
+    # (by a probe), so their polls only fetch results. A smaller one drains before they end:
+    # their ends are the run's last, and are looked for as when nothing waits.
+    backlog = pressure is not None and pressure.queued >= max(1, pressure.holding)
     at = durations.after(age, POLL_HIT_BACKLOG if backlog and settings.slot_probes else POLL_HIT)
     if at is None:  # older than every known task: the configured backoff takes over
         return poll_delay(max(1, attempt), settings, rng)
@@ -152,9 +160,16 @@ def probe_delay(ages: list[float], settings: Settings, durations: Durations | No
         backoff = min(settings.poll_max_interval_seconds, oldest / 2)
         return max(floor, settings.poll_interval_seconds, backoff)
     wait = durations.first_end(busy, PROBE_HIT, PROBE_HORIZON)
+    # however unlikely an end, a backlog keeps a share of the budget looking for one: a
+    # task that ends early is otherwise found late
+    ceiling = (
+        WINDOW_MS / 1000 / (rpm * PROBE_MIN_SHARE)
+        if rpm > 0
+        else settings.poll_max_interval_seconds
+    )
     if wait is None:
-        wait = settings.poll_max_interval_seconds
-    return max(floor, min(wait, settings.poll_max_interval_seconds))
+        wait = ceiling
+    return max(floor, min(wait, ceiling, settings.poll_max_interval_seconds))
 
 
 def retry_delay(attempt: int, settings: Settings, floor: float | None = None) -> float:

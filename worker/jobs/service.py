@@ -36,7 +36,7 @@ from worker.upstream.client import (
 
 from . import decisions, durations
 from .decisions import INLINE_SUBMITS, PollAnswer, SubmitAnswer, SweepAction
-from .schedule import Pressure, next_poll, poll_delay, probe_delay, retry_delay
+from .schedule import PROBE_BOOKS, Pressure, next_poll, poll_delay, probe_delay, retry_delay
 
 log = get_logger("imagegen.jobs")
 T = TypeVar("T")
@@ -152,8 +152,8 @@ def dispatch(*, inline: int = 0, full: bool = False) -> list[str]:
     settings = runtime.settings
     limit = settings.upstream_concurrency
     # Jobs the upstream ended unseen (accepted probes) count in our books until polled;
-    # twice the limit bounds how far the books may run ahead of what we have seen.
-    probe_cap = 2 * limit if settings.slot_probes else 0
+    # this bounds how far the books may run ahead of what we have seen.
+    probe_cap = PROBE_BOOKS * limit if settings.slot_probes else 0
     with autocommit() as connection:
         # (without probes the refused job is admitted again at once, and the pause the
         # refusal set holds its POST back)

@@ -352,3 +352,16 @@ def test_an_accepted_probe_leaves_the_books_one_ahead_up_to_the_cap(db: Stack) -
     assert holding == [(2 * limit,)]
     # the books may run at most one limit ahead of what the polls have seen
     assert _admit_probing(limit) == jobs.Admission([])
+
+
+def test_pressure_counts_the_queue_the_slots_and_the_oldest_task(db: Stack) -> None:
+    with autocommit() as connection:
+        assert jobs.pressure(connection) == (0, 0, None)
+    _running(2)
+    for _ in range(3):
+        _accept(request())
+    db.sql("UPDATE jobs SET submitted_at = now() - interval '40 seconds' WHERE status = 'pending'")
+    with autocommit() as connection:
+        queued, holding, oldest = jobs.pressure(connection)
+    assert (queued, holding) == (3, 2)
+    assert oldest is not None and 40 <= oldest < 60

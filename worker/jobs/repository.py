@@ -60,7 +60,7 @@ from api_schema import (
 from worker.delivery import outbox, targets
 from worker.delivery.targets import DeliveryPolicy
 from worker.models import DroppedMessage, Job, JobAlias, JobImage
-from worker.states import HOLDING_SLOT, LIVE, POLLED, TERMINAL, TRANSITIONS
+from worker.states import HOLDING_SLOT, LIVE, POLLED, TERMINAL, TRANSITIONS, sql_list
 
 from . import ends
 
@@ -671,8 +671,9 @@ def resolve(session: Session, job_id: str, *, with_images: bool = False) -> Job 
 
 #: The advisory lock ``imagegen_admit`` takes (0x1A6E6E01).
 ADMISSION_LOCK_KEY: Final = 443444737
-#: Admission, done inside PostgreSQL (migration 0004): under one advisory lock it counts
-#: the jobs holding slots and moves the most urgent, oldest queued jobs into the free ones.
+#: Admission, done inside PostgreSQL (migrations 0004 and 0009): under one advisory lock it
+#: counts the jobs holding slots and moves the most urgent, oldest queued jobs into the free
+#: ones (or one of them in as a slot probe).
 _ADMIT: Final = text(
     "SELECT job_id, probe, ages FROM imagegen_admit_probing(:slot_limit, :probe_cap, :actor)"
 )
@@ -728,12 +729,12 @@ def defer_submit(connection: Connection, job_id: str, seconds: float) -> bool:
     return bool(_run(connection, _DEFER, {"p_id": job_id, "p_in": float(seconds)}).rowcount)
 
 
-_PRESSURE: Final = text(
-    "SELECT count(*) FILTER (WHERE status = 'queued'), "
-    "count(*) FILTER (WHERE status <> 'queued'), "
+_PRESSURE: Final = text(  # (sql_list splices status names, never input)
+    f"SELECT count(*) FILTER (WHERE status = '{S.QUEUED.value}'), "  # noqa: S608
+    f"count(*) FILTER (WHERE status IN ({sql_list(HOLDING_SLOT)})), "
     "extract(epoch FROM now() - min(submitted_at) "
-    "FILTER (WHERE status IN ('pending', 'processing')))::double precision "
-    "FROM jobs WHERE status IN ('queued', 'submitting', 'pending', 'processing')"
+    f"FILTER (WHERE status IN ({sql_list(POLLED)})))::double precision "
+    f"FROM jobs WHERE status IN ({sql_list((S.QUEUED, *HOLDING_SLOT))})"
 )
 
 

@@ -194,6 +194,14 @@ def _pressure() -> Pressure:
     return _pressure_cache[1]
 
 
+def _backlog_at_limit(settings: Settings) -> bool:
+    """Jobs wait while every slot is taken (as of a second ago): a probe may be due. Checked
+    before asking the admission, whose count of the jobs holding slots is the costly part
+    when thousands run (and no probe can be due)."""
+    pressure = _pressure()
+    return pressure.queued > 0 and pressure.holding >= settings.upstream_concurrency
+
+
 def _poll_in(runtime: Runtime, attempt: int, age: float | None) -> float:
     """Seconds before poll ``attempt`` of a task accepted ``age`` seconds ago."""
     settings = runtime.settings
@@ -323,8 +331,9 @@ def _record_submitted(
         bind_upstream(job_id, upstream_task_id)
         log.info("job.submitted", job_id=job_id, upstream_task_id=upstream_task_id)
         later(names.POLL_TASK, job_id, 0, countdown=first_poll)
-        if get_runtime().settings.slot_probes:
-            dispatch()  # every admitted job is at the upstream now: time for the next probe
+        settings = get_runtime().settings
+        if settings.slot_probes and _backlog_at_limit(settings):
+            dispatch()  # every admitted job may be at the upstream now: time for a probe
         return "submitted"
     log.warning("job.moved_on", job_id=job_id, upstream_task_id=upstream_task_id)
     return "moved-on"

@@ -70,7 +70,11 @@ def test_first_end_of_several_tasks_comes_sooner_than_of_one() -> None:
     assert three < one
     # P(min of three <= t) = 1 - S(t)^3 = 0.5
     assert d.survival(three) ** 3 == pytest.approx(0.5, abs=0.01)
-    assert d.first_end([100.0], 0.5, 120) == 0.0  # one is past every known duration
+    # a task past every known duration is left out: the others plan the probe
+    assert d.first_end([100.0], 0.5, 120) is None
+    assert d.first_end([100.0, 0.0, 0.0], 0.5, 120) == pytest.approx(
+        d.first_end([0.0, 0.0], 0.5, 120)
+    )
     assert d.first_end([], 0.5, 120) is None
     assert Durations.of([50.0] * 8).first_end([0.0], 0.5, 10) is None  # past the horizon
 

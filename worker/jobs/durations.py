@@ -98,9 +98,11 @@ class Durations:
         """Seconds from now until, with probability ``p``, at least one of the tasks running
         at ``ages`` has ended (they are independent draws); None if that is past
         ``horizon`` or nothing known says they will end."""
-        alive = [(a, self.survival(a)) for a in ages]
-        if not alive or any(s <= 0.0 for _, s in alive):
-            return 0.0 if alive else None  # one is already past every known duration
+        # A task already past every known duration says nothing the samples can model (the
+        # model keeps finished tasks only, so its tail is cut): plan from the others.
+        alive = [(a, s) for a in ages if (s := self.survival(a)) > 0.0]
+        if not alive:
+            return None
 
         def ended_by(t: float) -> float:
             none = 1.0
@@ -161,8 +163,8 @@ class Learned:
     def _read(self) -> Durations | None:
         try:
             raw = cast(list[bytes], self._redis.lrange(KEY, 0, KEEP - 1))
-            if not raw:
-                raw = self._refill()
+            if len(raw) < MIN_SAMPLES:  # (after a Redis restart, a finish may come first)
+                raw = self._refill() or raw
         except RedisError as exc:
             log.warning("durations.read_failed", error=str(exc))
             return self._current  # keep what this process knew

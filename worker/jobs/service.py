@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from api_schema import ErrorCode, ImageView, JobStatus, names, unstorable_at
@@ -203,10 +204,20 @@ def _backlog_at_limit(settings: Settings) -> bool:
 
 
 def _poll_in(runtime: Runtime, attempt: int, age: float | None) -> float:
-    """Seconds before poll ``attempt`` of a task accepted ``age`` seconds ago."""
+    """Seconds before poll ``attempt`` of a task accepted ``age`` seconds ago.
+
+    Never raises: it runs between an upstream answer and the record of it, where an
+    exception would lose the answer; without the database or Redis, the configured
+    schedule serves.
+    """
     settings = runtime.settings
-    pressure = _pressure() if settings.poll_adaptive else None
-    return next_poll(attempt, age, settings, _durations(runtime), pressure)
+    try:
+        pressure = _pressure() if settings.poll_adaptive else None
+        learned = _durations(runtime)
+    except (OperationalError, InterfaceError, RedisError) as exc:
+        log.warning("job.poll_schedule_fallback", error=str(exc))
+        return poll_delay(attempt, settings)
+    return next_poll(attempt, age, settings, learned, pressure)
 
 
 def submit(job_id: str, upstream_task_id: str | None, attempt: int | None) -> str | Again:
@@ -278,11 +289,12 @@ def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     if decision.answer is not SubmitAnswer.ACCEPTED:
         _apply_submit_decision(job_id, decision)
         return str(decision.answer)
-    _heed(runtime, submitted.rate_limit)
     # The upstream's clock started when it got the POST, not when we stored its answer.
     first_poll = max(0.0, _poll_in(runtime, 0, 0.0) - (time.monotonic() - sent_at))
     try:
-        return _record_submitted(job_id, submitted.task_id, first_poll)
+        recorded = _record_submitted(job_id, submitted.task_id, first_poll)
+        _heed(runtime, submitted.rate_limit)  # (after the answer is safe: it may fail)
+        return recorded
     except (OperationalError, InterfaceError):
         # The POST was accepted but the database is away: keep the answer in a message and
         # record it when the database is back, instead of leaving an unknown outcome.
@@ -607,7 +619,11 @@ def _heed(runtime: Runtime, rate_limit: RateLimit) -> None:
         wait = rate_limit.wait_seconds()
         if wait:
             seconds = min(wait, runtime.settings.retry_max_interval_seconds)
-            runtime.gate.pause(seconds)
+            try:
+                runtime.gate.pause(seconds)
+            except RedisError as exc:  # the shared limiter still counts every request
+                log.warning("upstream.pause_failed", error=str(exc))
+                return
             log.warning("upstream.paused", seconds=round(seconds, 3), reason="window spent")
 
 

@@ -23,7 +23,6 @@ SHIPPED = {
     for key in FAST_WORKER_ENV
     if key.removeprefix("IMAGEGEN_").lower() in Settings.model_fields
 }
-HOLDING = "('submitting', 'pending', 'processing')"
 
 
 def _count_events(stack: Stack, event: str) -> int:
@@ -83,13 +82,14 @@ def test_a_killed_workers_slots_are_busy_again_within_seconds(
             assert control.add_consumer(queue, destination=[node], reply=True, timeout=10)
 
         def slots_busy_again() -> bool:
-            ended, busy = stack.sql(
-                "SELECT (SELECT count(*) FROM jobs WHERE id IN (:a, :b) "  # noqa: S608
-                "AND status = 'succeeded'), "
-                f"(SELECT count(*) FROM jobs WHERE status IN {HOLDING})",
+            ended = stack.sql(
+                "SELECT count(*) FROM jobs WHERE id IN (:a, :b) AND status = 'succeeded'",
                 a=held[0],
                 b=held[1],
-            )[0]
+            )[0][0]
+            # the paid slots themselves, as the upstream counts them (our books may run
+            # ahead of them: a slot probe waiting for its time holds a row in submitting)
+            busy = sum(stack.sim_stats()["concurrency_now"].values())
             return bool(ended == 2 and busy == 3)
 
         stack.wait_for(slots_busy_again, timeout=120, what="both slots busy again")

@@ -34,8 +34,20 @@ def lognormal(median: float, sigma: float, n: int = 500) -> Durations:
     return Durations.of([rng.lognormvariate(math.log(median), sigma) for _ in range(n)])
 
 
+#: The shipped values, given explicitly: the environment of a test run may set others.
+SHIPPED: dict[str, object] = {
+    name: Settings.model_fields[name].default
+    for name in (
+        "poll_initial_seconds", "poll_interval_seconds", "poll_backoff",
+        "poll_max_interval_seconds", "poll_adaptive", "slot_probes", "upstream_rpm",
+        "upstream_concurrency", "visibility_timeout_seconds", "retry_max_interval_seconds",
+    )
+}  # fmt: skip
+
+
 def settings(**overrides: object) -> Settings:
-    return Settings(modellix_api_key="k", poll_jitter=0, **overrides)  # type: ignore[arg-type]
+    values = {**SHIPPED, "poll_jitter": 0, **overrides}
+    return Settings(modellix_api_key="k", **values)  # type: ignore[arg-type]
 
 
 # --- the learned distribution -------------------------------------------------------------

@@ -10,7 +10,14 @@ import pytest
 from tests.harness import Stack, request
 from worker import jobs
 from worker.db import session_scope
-from worker.jobs.durations import KEEP, KEY, MIN_SAMPLES, Learned
+from worker.jobs.durations import (
+    KEEP,
+    KEY,
+    MIN_SAMPLES,
+    REFRESH_SECONDS,
+    UNLEARNED_REFRESH_SECONDS,
+    Learned,
+)
 
 
 class Clock:
@@ -42,13 +49,23 @@ def test_every_process_learns_what_any_of_them_finished(db: Stack) -> None:
     assert b.current() is None  # too little to go on
     for ms in (4000, 8000, 6000, 5000, 7000):
         a.record(ms)
-    clock_b.now += 10
+    assert b.known_for() == 0.0
+    clock_b.now += UNLEARNED_REFRESH_SECONDS  # knowing too little, it looks again soon
     learned = b.current()
     assert learned is not None
+    learned_at = clock_b.now
     assert learned.samples[0] == 4.0 and learned.samples[-1] == 8.0
     a.record(None)  # an answer without a duration teaches nothing
     a.record(0)
     assert db.redis().llen(KEY) == MIN_SAMPLES - 1 + 5
+    # once it knows enough, its copy is read again every REFRESH_SECONDS only
+    a.record(20_000)
+    clock_b.now += UNLEARNED_REFRESH_SECONDS
+    assert b.current() == learned
+    clock_b.now += REFRESH_SECONDS
+    again = b.current()
+    assert again is not None and again.samples[-1] == 20.0
+    assert b.known_for() == clock_b.now - learned_at > 0  # had a model since, unbroken
 
 
 def test_the_model_keeps_the_latest_tasks_only(db: Stack) -> None:

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from api_schema import ErrorCode, JobStatus
 from tests.harness import Stack, request
@@ -236,6 +237,24 @@ def test_admission_waits_for_the_lock_holder_and_sees_its_changes(db: Stack) -> 
     assert _status(late) == "submitting"
 
 
+def test_an_admission_with_nothing_waiting_does_not_wait_for_the_lock(db: Stack) -> None:
+    # A freed slot with nothing queued and no probe waiting (most finishes when thousands
+    # run under a high limit) has nothing to admit: it must not queue up behind the lock.
+    _running(1)
+    with session_scope() as a:
+        a.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": jobs.ADMISSION_LOCK_KEY})
+        with autocommit() as connection:
+            connection.execute(text("SET statement_timeout = '5s'"))
+            assert jobs.admit(connection, 3) == jobs.Admission([])
+        # a job queued meanwhile: the next admission waits for the lock (it times out here)
+        _accept(request())
+        with autocommit() as connection:
+            connection.execute(text("SET statement_timeout = '300ms'"))
+            with pytest.raises(OperationalError, match="statement timeout"):
+                jobs.admit(connection, 3)
+    assert len(_claim(3)) == 1  # and once the lock is free, it is admitted
+
+
 def test_cancel_check_and_change_are_one_statement(db: Stack) -> None:
     # ``unsent`` is checked by the UPDATE itself: a POST that started after cancel read the
     # job still wins, whatever cancel saw before.
@@ -365,3 +384,26 @@ def test_pressure_counts_the_queue_the_slots_and_the_oldest_task(db: Stack) -> N
         queued, holding, oldest = jobs.pressure(connection)
     assert (queued, holding) == (3, 2)
     assert oldest is not None and 40 <= oldest < 60
+
+
+def test_poll_timing_reads_a_running_poll_without_claiming_it(db: Stack) -> None:
+    (job_id,) = _running(1)
+    db.sql("UPDATE jobs SET submitted_at = now() - interval '40 seconds' WHERE id = :j", j=job_id)
+    with autocommit() as connection:
+        timing = jobs.poll_timing(connection, job_id, 0)
+        assert jobs.poll_timing(connection, job_id, 1) is None  # not that poll's turn
+    assert timing is not None
+    assert 40 <= timing.age < 60
+    assert 0 < timing.check_in <= 1  # recorded with its first poll due in 1 s
+    assert timing.left > 60  # the default deadline is far
+    # only read: the poll is still there to claim, once
+    with session_scope() as session:
+        ticket = jobs.claim_poll(session, job_id, 0, hold_for=10)
+    assert ticket is not None and ticket.seq == 1
+    with autocommit() as connection:
+        assert jobs.poll_timing(connection, job_id, 0) is None
+        later = jobs.poll_timing(connection, job_id, 1)
+    assert later is not None and 5 < later.check_in <= 10  # the claim's hold
+    db.sql("UPDATE jobs SET status = 'cancelled' WHERE id = :j", j=job_id)
+    with autocommit() as connection:
+        assert jobs.poll_timing(connection, job_id, 1) is None  # cancelled: the claim decides

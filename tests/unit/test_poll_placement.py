@@ -14,6 +14,8 @@ from worker.config import Settings
 from worker.jobs import decisions
 from worker.jobs.durations import Durations
 from worker.jobs.schedule import (
+    COLD_POLL_SPLIT,
+    COLD_PROBE_SPLIT,
     POLL_HIT,
     POLL_HIT_BACKLOG,
     PROBE_MIN_SHARE,
@@ -22,6 +24,7 @@ from worker.jobs.schedule import (
     next_poll,
     poll_delay,
     probe_delay,
+    put_off,
 )
 from worker.upstream.client import RetryableError, UpstreamError
 from worker.upstream.gate import WINDOW_MS
@@ -150,10 +153,16 @@ def test_learned_gaps_keep_the_configured_bounds() -> None:
     assert next_poll(0, 0.0, s, Durations.of([900.0] * 10)) == s.visibility_timeout_seconds / 4
 
 
-def test_a_task_older_than_every_known_one_falls_back_to_the_backoff() -> None:
+def test_a_task_older_than_every_known_one_is_looked_at_as_long_as_it_overran() -> None:
     s = settings()
     d = Durations.of([5.0] * 10)
-    assert next_poll(4, 7.0, s, d) == poll_delay(4, s)
+    # a poll placed at the usual end came a moment early: the next one soon, not after the
+    # configured backoff of a fifth poll
+    assert next_poll(4, 5.05, s, d) == s.poll_interval_seconds
+    assert next_poll(4, 5.05, s, d) < poll_delay(4, s)
+    # the gaps grow with the overrun, up to the configured cap
+    assert next_poll(4, 8.0, s, d) == pytest.approx(3.0)
+    assert next_poll(9, 500.0, s, d) == s.poll_max_interval_seconds
 
 
 def test_with_nothing_queued_a_late_gap_is_at_most_the_fair_share_of_the_budget() -> None:
@@ -195,10 +204,15 @@ def test_probes_never_outpace_their_share_of_the_budget() -> None:
     assert probe_delay([0.0, 0.0, 0.0], s, d) == pytest.approx(ceiling)
     unlimited = settings(upstream_rpm=0, upstream_concurrency=3)
     assert probe_delay([0.0, 0.0, 0.0], unlimited, d) == pytest.approx(likely)
-    assert probe_delay([0.0, 0.0, 0.0], s, None) == max(floor, s.poll_interval_seconds)
-    # nothing learned, the busy tasks long running: slower, up to the configured cap
-    assert probe_delay([6.0, 5.0, 4.0], s, None) == 3.0
-    assert probe_delay([600.0, 590.0, 580.0], s, None) == s.poll_max_interval_seconds
+    # nothing learned: fresh tasks are probed as often as the budget allows...
+    assert probe_delay([0.0, 0.0, 0.0], s, None) == pytest.approx(floor)
+    # ...and less often as they run without one ending, up to the ceiling a backlog keeps
+    assert probe_delay([8.0, 5.0, 4.0], s, None) == pytest.approx(8.0 / COLD_PROBE_SPLIT)
+    assert probe_delay([600.0, 590.0, 580.0], s, None) == pytest.approx(ceiling)
+    long_ago = probe_delay([600.0, 590.0, 580.0], unlimited, None)
+    assert long_ago == unlimited.poll_max_interval_seconds
+    # no budget configured: the configured interval is the floor
+    assert probe_delay([0.0, 0.0, 0.0], unlimited, None) == s.poll_interval_seconds
 
 
 def test_a_probe_counts_the_oldest_extra_tasks_as_ended() -> None:
@@ -245,10 +259,46 @@ def test_before_anything_is_learned_no_task_is_looked_at_younger_than_the_oldest
     # the oldest task still runs at 25 s: a task of 2 s is looked at no sooner than 23 s on
     fresh = next_poll(0, 2.0, s, None, Pressure(queued=0, holding=500, oldest=25.0))
     assert fresh == pytest.approx(23.0)
-    # the oldest itself follows the configured schedule
+    # the oldest itself follows the configured schedule while the budget is tight...
     assert next_poll(4, 25.0, s, None, Pressure(0, 500, 25.0)) == poll_delay(4, s)
+    # ...and where it is not, no gap is longer than an eighth of its age: the first ends
+    # (and the model) are found promptly
+    unlimited = settings(upstream_rpm=0)
+    assert poll_delay(6, unlimited) > 30.0 / COLD_POLL_SPLIT
+    assert next_poll(6, 30.0, unlimited, None, Pressure(0, 500, 30.0)) == 30.0 / COLD_POLL_SPLIT
+    # (at least the configured interval apart)
+    assert next_poll(2, 3.0, unlimited, None, Pressure(0, 500, 3.0)) == 1.0
+    # a task less than an interval younger than the oldest is among the oldest
+    assert next_poll(6, 29.5, unlimited, None, Pressure(0, 500, 30.0)) < poll_delay(6, unlimited)
     # nothing at the upstream yet (the first submit): the configured first poll
     assert next_poll(0, 0.0, s, None, Pressure(0, 1, None)) == poll_delay(0, s)
     # bounded by the broker's visibility window
     long_ago = next_poll(0, 0.0, s, None, Pressure(0, 1, 10_000.0))
     assert long_ago == s.visibility_timeout_seconds / 4
+
+
+def test_a_poll_placed_on_less_than_is_known_now_is_put_off_without_a_request() -> None:
+    s = settings(upstream_rpm=0)
+    # nothing learned: a task younger than the oldest still running waits to be as old...
+    assert put_off(2.0, s, None, Pressure(0, 500, 25.0)) == pytest.approx(23.0)
+    assert put_off(24.5, s, None, Pressure(0, 500, 25.0)) == 0.0  # ...unless within an interval
+    assert put_off(2.0, s, None, None) == 0.0
+    assert put_off(2.0, s, None, Pressure(0, 1, None)) == 0.0
+    # learned since the poll was placed: to where a first poll would go now
+    d = lognormal(8, 0.5)
+    assert put_off(2.0, s, d, Pressure(0, 3)) == pytest.approx(d.quantile(POLL_HIT) - 2.0)
+    assert put_off(2.0, s, d, Pressure(9, 3)) == pytest.approx(d.quantile(POLL_HIT_BACKLOG) - 2.0)
+    assert put_off(d.quantile(POLL_HIT) - 0.5, s, d, Pressure(0, 3)) == 0.0  # close enough
+    assert put_off(2.0, settings(upstream_rpm=0, poll_adaptive=False), d, Pressure(0, 3)) == 0.0
+
+
+def test_polls_the_learned_schedule_places_are_never_put_off() -> None:
+    s = settings(upstream_rpm=0, poll_jitter=0.2)
+    d = lognormal(8, 0.5)
+    rng = random.Random(RNG_SEED)
+    for pressure in (Pressure(0, 3), Pressure(9, 3)):
+        for attempt, age in itertools.product(range(4), (0.0, 3.0, 8.0, 12.0, 40.0)):
+            if attempt == 0 and age:
+                continue
+            at = age + next_poll(attempt, age, s, d, pressure, rng)
+            assert put_off(at, s, d, pressure) == 0.0, (attempt, age, pressure)

@@ -40,8 +40,10 @@ KEY: Final = "imagegen:upstream:durations"
 KEEP: Final = 500
 #: How many it needs before it replaces the configured schedule.
 MIN_SAMPLES: Final = 3
-#: How stale a process's copy may be.
+#: How stale a process's copy may be...
 REFRESH_SECONDS: Final = 5.0
+#: ...or, while it holds too little to be used, how often it is read again.
+UNLEARNED_REFRESH_SECONDS: Final = 1.0
 
 _RECENT: Final = text(
     "SELECT duration_ms FROM jobs WHERE status = 'succeeded' AND duration_ms > 0 "
@@ -138,6 +140,7 @@ class Learned:
         self._lock = threading.Lock()
         self._read_at = -REFRESH_SECONDS
         self._current: Durations | None = None
+        self._known_since: float | None = None  # (this process's clock)
 
     def record(self, duration_ms: int | None) -> None:
         """Add one finished task's duration (shared at once with every worker)."""
@@ -155,10 +158,22 @@ class Learned:
         """The learned distribution, or None while too little is known."""
         with self._lock:
             now = self._clock()
-            if now - self._read_at >= REFRESH_SECONDS:
+            # (while too little is known, the first durations are wanted as soon as they come)
+            stale = REFRESH_SECONDS if self._current is not None else UNLEARNED_REFRESH_SECONDS
+            if now - self._read_at >= stale:
                 self._read_at = now
                 self._current = self._read()
+                if self._current is None:
+                    self._known_since = None
+                elif self._known_since is None:
+                    self._known_since = now
             return self._current
+
+    def known_for(self) -> float:
+        """Seconds this process has had a usable model without a break (0: none now)."""
+        with self._lock:
+            since = self._known_since
+            return 0.0 if since is None else self._clock() - since
 
     def _read(self) -> Durations | None:
         try:

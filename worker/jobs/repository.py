@@ -695,6 +695,13 @@ class Admission:
     probe: Probe | None = None
 
 
+_WAITING: Final = text(  # (constants only; both use a partial index of live jobs)
+    f"SELECT EXISTS (SELECT 1 FROM jobs WHERE status = '{S.QUEUED.value}') "  # noqa: S608
+    f"OR EXISTS (SELECT 1 FROM jobs WHERE status = '{S.SUBMITTING.value}' "
+    "AND submit_started_at IS NULL)"
+)
+
+
 def admit(connection: Connection, limit: int, *, probe_cap: int = 0) -> Admission:
     """Admit queued jobs into free upstream slots (they are now ``submitting``).
 
@@ -706,6 +713,13 @@ def admit(connection: Connection, limit: int, *, probe_cap: int = 0) -> Admissio
     oldest; nothing when the upstream is full, except, with ``probe_cap`` above the jobs
     holding slots, one slot probe (migration 0009 says how it works).
     """
+    # Nothing queued and no probe waiting (most calls when thousands run under a high
+    # limit: every finished job asks): nothing to admit, and the lock is not taken. Safe
+    # without it: a job left queued by an admission that found every slot taken was
+    # committed before that admission ran, so any admission after the slot frees (it follows
+    # the freeing commit) sees it here.
+    if not _run(connection, _WAITING).scalar():
+        return Admission([])
     params = {"slot_limit": limit, "probe_cap": probe_cap, "actor": ACTOR.get()}
     admitted: list[str] = []
     probe: Probe | None = None
@@ -858,6 +872,35 @@ def claim_poll(session: Db, job_id: str, seq: int, *, hold_for: float) -> PollTi
         return None
     ago = float(row[4]) if row[4] is not None else None
     return PollTicket(str(row[0]), JobStatus(row[1]), seq + 1, bool(row[2]), float(row[3]), ago)
+
+
+_POLL_TIMING: Final = select(
+    func.extract("epoch", func.now() - J.c.submitted_at),
+    func.extract("epoch", J.c.next_check_at - func.now()),
+    func.extract("epoch", J.c.deadline_at - func.now()),
+).where(
+    J.c.id == bindparam("p_id"),
+    J.c.status.in_([s.value for s in POLLED]),
+    J.c.poll_count == bindparam("p_seq"),
+    J.c.submitted_at.is_not(None),
+    J.c.next_check_at.is_not(None),
+)
+
+
+@dataclass(frozen=True)
+class PollTiming:
+    """Where a running job's poll ``seq`` stands, read without claiming it."""
+
+    age: float  # seconds since the upstream accepted the task
+    check_in: float  # seconds until the sweeper's due time for its next step (next_check_at)
+    left: float  # seconds until the job's deadline
+
+
+def poll_timing(session: Db, job_id: str, seq: int) -> PollTiming | None:
+    """The age and due time of a running job whose next poll is ``seq``; None for anything
+    else (ended, cancelled, another poll's turn): the claim sorts those out."""
+    row = _run(session, _POLL_TIMING, {"p_id": job_id, "p_seq": seq}).first()
+    return None if row is None else PollTiming(float(row[0]), float(row[1]), float(row[2]))
 
 
 def mark_processing(session: Db, job_id: str) -> bool:
@@ -1311,6 +1354,7 @@ __all__ = [
     "Overdue",
     "Page",
     "PollTicket",
+    "PollTiming",
     "Probe",
     "StoredCopy",
     "SubmitTicket",
@@ -1335,6 +1379,7 @@ __all__ = [
     "mark_processing",
     "page_of",
     "ping",
+    "poll_timing",
     "pressure",
     "raw_fingerprint",
     "record_dropped",

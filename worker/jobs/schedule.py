@@ -46,6 +46,12 @@ PROBE_MIN_SHARE: Final = 0.25
 #: Our books may count this many times the limit of jobs holding slots: accepted probes
 #: mean tasks the upstream ended that our polls have not seen yet.
 PROBE_BOOKS: Final = 3
+#: Before anything is learned, the oldest tasks' polls are at most this fraction of their
+#: age apart...
+COLD_POLL_SPLIT: Final = 8
+#: ...and a probe follows the last one after this fraction of the
+#: oldest busy task's age.
+COLD_PROBE_SPLIT: Final = 4
 #: How far ahead a probe is planned at most (it is planned again after each answer).
 PROBE_HORIZON: Final = 120.0
 
@@ -103,9 +109,11 @@ def next_poll(
     # their ends are the run's last, and are looked for as when nothing waits.
     backlog = pressure is not None and pressure.queued >= max(1, pressure.holding)
     at = durations.after(age, POLL_HIT_BACKLOG if backlog and settings.slot_probes else POLL_HIT)
-    if at is None:  # older than every known task: the configured backoff takes over
-        return poll_delay(max(1, attempt), settings, rng)
-    gap = at - age
+    # Older than every known task (at is None): the model holds finished tasks only, so its
+    # tail is cut, and where durations barely vary a poll placed at the usual end often lands
+    # a moment early. The end is likely near: look again after as long as the task has
+    # overrun, so the gaps grow with the overrun (within the bounds below).
+    gap = age - durations.samples[-1] if at is None else at - age
     if pressure is not None and not backlog and attempt > 0 and settings.upstream_rpm > 0:
         # a task past its likely end, nothing queued: look as often as its share allows
         share = WINDOW_MS / 1000 * max(1, pressure.holding) / settings.upstream_rpm
@@ -119,8 +127,41 @@ def next_poll(
     )
     gap = min(max(gap, settings.poll_interval_seconds), cap)
     # a little jitter, so that jobs submitted together do not poll in the same millisecond
-    spread = gap * settings.poll_jitter / 4
+    # (no more: the placement already follows the spread of the durations, and where they
+    # barely vary, a wide jitter would only move polls off the likely end)
+    spread = min(gap * settings.poll_jitter / 4, settings.poll_interval_seconds / 2)
     return gap + (rng or random).uniform(-spread, spread)
+
+
+def put_off(
+    age: float,
+    settings: Settings,
+    durations: Durations | None,
+    pressure: Pressure | None,
+) -> float:
+    """Seconds to put off the request of a poll that came for a task ``age`` seconds old
+    (0: ask now).
+
+    A poll's countdown is fixed when it is sent, on what was known then; by the time it
+    comes, more may be known (the first durations of a new deployment, a backlog). A poll
+    that comes well before where the first poll of a task would go now is put off to there,
+    without a request. Before anything is learned, that is the age of the oldest task still
+    running: every task so far took at least that long.
+    """
+    if not settings.poll_adaptive:
+        return 0.0
+    if durations is None:
+        if pressure is None or pressure.oldest is None:
+            return 0.0
+        due, slack = pressure.oldest, settings.poll_interval_seconds
+    else:
+        backlog = pressure is not None and pressure.queued >= max(1, pressure.holding)
+        hit = POLL_HIT_BACKLOG if backlog and settings.slot_probes else POLL_HIT
+        due = min(durations.quantile(hit), settings.visibility_timeout_seconds / 4)
+        # (next_poll's jitter may place a poll up to half an interval early: no message for that)
+        slack = settings.poll_interval_seconds
+    wait = due - age
+    return wait if wait > slack else 0.0
 
 
 def _before_learning(
@@ -136,9 +177,22 @@ def _before_learning(
     polled on the short configured schedule until one of them ends: thousands of polls for
     nothing when thousands are in flight."""
     configured = poll_delay(attempt, settings, rng)
-    if pressure is None or pressure.oldest is None or pressure.oldest <= age:
+    if pressure is None or pressure.oldest is None:
         return configured
-    return min(max(configured, pressure.oldest - age), settings.visibility_timeout_seconds / 4)
+    behind = pressure.oldest - age
+    if behind > settings.poll_interval_seconds:
+        # (when this poll comes the oldest may still run: put_off then waits again, without
+        # a request)
+        return min(max(configured, behind), settings.visibility_timeout_seconds / 4)
+    if attempt <= 0:
+        return configured
+    # Among the oldest: the first ends are found by these polls, and the model with them.
+    # The configured backoff's long gaps would find them late: a gap is at most an eighth of
+    # the task's age, as far as each holding job's share of the budget allows (and never
+    # longer than the configured one).
+    rpm = settings.upstream_rpm
+    share = WINDOW_MS / 1000 * max(1, pressure.holding) / rpm if rpm > 0 else 0.0
+    return min(configured, max(settings.poll_interval_seconds, share, age / COLD_POLL_SPLIT))
 
 
 def probe_delay(ages: list[float], settings: Settings, durations: Durations | None) -> float:
@@ -152,23 +206,23 @@ def probe_delay(ages: list[float], settings: Settings, durations: Durations | No
     rpm = settings.upstream_rpm
     # (no budget configured: no faster than the configured schedule looks at a task)
     floor = WINDOW_MS / 1000 / (rpm * PROBE_SHARE) if rpm > 0 else settings.poll_interval_seconds
-    busy = sorted(ages)[: settings.upstream_concurrency]
-    if durations is None or not busy:
-        # Nothing learned yet: the longer the busy tasks have run without one ending, the
-        # longer they are likely to take; the configured interval and cap bound the wait.
-        oldest = max(busy, default=0.0)
-        backoff = min(settings.poll_max_interval_seconds, oldest / 2)
-        return max(floor, settings.poll_interval_seconds, backoff)
-    wait = durations.first_end(busy, PROBE_HIT, PROBE_HORIZON)
-    # however unlikely an end, a backlog keeps a share of the budget looking for one: a
-    # task that ends early is otherwise found late
+    # However unlikely an end, a backlog keeps a share of the budget looking for one: a
+    # task that ends early is otherwise found late.
     ceiling = (
         WINDOW_MS / 1000 / (rpm * PROBE_MIN_SHARE)
         if rpm > 0
         else settings.poll_max_interval_seconds
     )
-    if wait is None:
-        wait = ceiling
+    busy = sorted(ages)[: settings.upstream_concurrency]
+    if durations is None or not busy:
+        # Nothing learned yet (the model waits for the longest of the first tasks): the
+        # longer the busy tasks have run without one ending, the longer they are likely to
+        # take, so probes thin out as they age (each a quarter of the oldest's age after the
+        # last: an end is found within a quarter of its duration), up to the ceiling.
+        wait = max(busy, default=0.0) / COLD_PROBE_SPLIT
+    else:
+        likely = durations.first_end(busy, PROBE_HIT, PROBE_HORIZON)
+        wait = ceiling if likely is None else likely
     return max(floor, min(wait, ceiling, settings.poll_max_interval_seconds))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 from redis.exceptions import RedisError
@@ -37,7 +37,15 @@ from worker.upstream.client import (
 
 from . import decisions, durations
 from .decisions import INLINE_SUBMITS, PollAnswer, SubmitAnswer, SweepAction
-from .schedule import PROBE_BOOKS, Pressure, next_poll, poll_delay, probe_delay, retry_delay
+from .schedule import (
+    PROBE_BOOKS,
+    Pressure,
+    next_poll,
+    poll_delay,
+    probe_delay,
+    put_off,
+    retry_delay,
+)
 
 log = get_logger("imagegen.jobs")
 T = TypeVar("T")
@@ -185,14 +193,18 @@ _pressure_cache: tuple[float, Pressure] | None = None
 
 
 def _pressure() -> Pressure:
-    """Jobs queued and holding slots, as of at most a second ago (one query a second)."""
+    """Jobs queued and holding slots, as of at most a second ago (one query a second); the
+    oldest task's age as of now."""
     global _pressure_cache
     now = time.monotonic()
     if _pressure_cache is None or now - _pressure_cache[0] > 1.0:
         with autocommit() as connection:
             queued, holding, oldest = jobs.pressure(connection)
         _pressure_cache = (now, Pressure(queued, holding, oldest))
-    return _pressure_cache[1]
+    read_at, pressure = _pressure_cache
+    if pressure.oldest is None:
+        return pressure
+    return replace(pressure, oldest=pressure.oldest + (now - read_at))
 
 
 def _backlog_at_limit(settings: Settings) -> bool:
@@ -365,6 +377,9 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
         return "refused"
     runtime = get_runtime()
     settings = runtime.settings
+    wait = _put_off(runtime, job_id, seq)
+    if wait > 0:
+        return Again((job_id, seq), wait)
     hold_for = (
         settings.read_timeout + settings.connect_timeout + settings.retry_max_interval_seconds
     )
@@ -410,6 +425,35 @@ def poll(job_id: str, seq: int, retries: int) -> str | Again:
         else None
     )
     return Again((job_id, ticket.seq), _poll_in(runtime, ticket.seq, age))
+
+
+def _put_off(runtime: Runtime, job_id: str, seq: int) -> float:
+    """Seconds to put poll ``seq`` off without a request, when it came before its task is
+    worth a look on what is known now (``schedule.put_off``); 0: claim it now.
+
+    It only reads: the job's next check stays where the last claim put it, so the put-off
+    stays well inside the sweeper's patience (``stale_after_seconds`` past that check), and
+    it never passes the job's deadline.
+    """
+    settings = runtime.settings
+    if not settings.poll_adaptive:
+        return 0.0
+    learned = durations.for_process(runtime.redis)
+    # A poll placed before the model was known comes within the longest countdown (a quarter
+    # of the visibility timeout) of another process learning it, which is at most a refresh
+    # or two from this one: after that, only jitter places a poll early, and no read is made.
+    placed_unlearned_within = (
+        settings.visibility_timeout_seconds / 4 + 2 * durations.REFRESH_SECONDS
+    )
+    if learned.current() is not None and learned.known_for() > placed_unlearned_within:
+        return 0.0
+    with autocommit() as connection:  # one statement
+        timing = jobs.poll_timing(connection, job_id, seq)
+    if timing is None:  # ended, cancelled, not this poll's turn: the claim says which
+        return 0.0
+    wait = put_off(timing.age, settings, _durations(runtime), _pressure())
+    room = min(timing.check_in + settings.stale_after_seconds / 2, timing.left)
+    return max(0.0, min(wait, room, settings.visibility_timeout_seconds / 4))
 
 
 @dataclass(frozen=True)

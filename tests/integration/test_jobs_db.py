@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 
 from api_schema import ErrorCode, JobStatus
@@ -237,21 +238,30 @@ def test_admission_waits_for_the_lock_holder_and_sees_its_changes(db: Stack) -> 
     assert _status(late) == "submitting"
 
 
+@contextmanager
+def _timeout(limit: str) -> Iterator[Connection]:
+    """An autocommit connection whose statements give up after ``limit`` (reset before it
+    goes back to the pool)."""
+    with autocommit() as connection:
+        connection.execute(text(f"SET statement_timeout = '{limit}'"))
+        try:
+            yield connection
+        finally:
+            connection.execute(text("RESET statement_timeout"))
+
+
 def test_an_admission_with_nothing_waiting_does_not_wait_for_the_lock(db: Stack) -> None:
     # A freed slot with nothing queued and no probe waiting (most finishes when thousands
     # run under a high limit) has nothing to admit: it must not queue up behind the lock.
     _running(1)
     with session_scope() as a:
         a.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": jobs.ADMISSION_LOCK_KEY})
-        with autocommit() as connection:
-            connection.execute(text("SET statement_timeout = '5s'"))
+        with _timeout("5s") as connection:
             assert jobs.admit(connection, 3) == jobs.Admission([])
         # a job queued meanwhile: the next admission waits for the lock (it times out here)
         _accept(request())
-        with autocommit() as connection:
-            connection.execute(text("SET statement_timeout = '300ms'"))
-            with pytest.raises(OperationalError, match="statement timeout"):
-                jobs.admit(connection, 3)
+        with _timeout("300ms") as connection, pytest.raises(OperationalError, match="timeout"):
+            jobs.admit(connection, 3)
     assert len(_claim(3)) == 1  # and once the lock is free, it is admitted
 
 
@@ -357,6 +367,20 @@ def test_a_waiting_probe_goes_first_when_a_slot_frees(db: Stack) -> None:
     assert db.sql("SELECT status FROM jobs WHERE id = :j", j=backlog[1]) == [("queued",)]
 
 
+def test_a_waiting_probe_is_sent_when_a_slot_frees_with_nothing_else_queued(db: Stack) -> None:
+    running = _running(3)
+    last = _accept(request()).job_id  # the backlog's last job waits as the probe
+    probe = _admit_probing(3).probe
+    assert probe is not None and probe.job_id == last
+    with autocommit() as connection:
+        assert jobs.defer_submit(connection, last, 60)
+    assert db.sql("SELECT count(*) FROM jobs WHERE status = 'queued'") == [(0,)]
+    with session_scope() as session:
+        assert jobs.fail(session, running[0], ErrorCode.UPSTREAM_FAILED, "ended")
+    # nothing is queued, but a probe waits: the freed slot's admission still sends it
+    assert _admit_probing(3) == jobs.Admission([last])
+
+
 def test_an_accepted_probe_leaves_the_books_one_ahead_up_to_the_cap(db: Stack) -> None:
     limit = 2
     _running(limit)
@@ -394,7 +418,7 @@ def test_poll_timing_reads_a_running_poll_without_claiming_it(db: Stack) -> None
         assert jobs.poll_timing(connection, job_id, 1) is None  # not that poll's turn
     assert timing is not None
     assert 40 <= timing.age < 60
-    assert 0 < timing.check_in <= 1  # recorded with its first poll due in 1 s
+    assert timing.check_in <= 1  # recorded with its first poll due in 1 s
     assert timing.left > 60  # the default deadline is far
     # only read: the poll is still there to claim, once
     with session_scope() as session:

@@ -44,6 +44,7 @@ SHIPPED: dict[str, object] = {
         "poll_initial_seconds", "poll_interval_seconds", "poll_backoff",
         "poll_max_interval_seconds", "poll_adaptive", "slot_probes", "upstream_rpm",
         "upstream_concurrency", "visibility_timeout_seconds", "retry_max_interval_seconds",
+        "stale_after_seconds", "read_timeout",
     )
 }  # fmt: skip
 
@@ -275,6 +276,8 @@ def test_before_anything_is_learned_no_task_is_looked_at_younger_than_the_oldest
     # bounded by the broker's visibility window
     long_ago = next_poll(0, 0.0, s, None, Pressure(0, 1, 10_000.0))
     assert long_ago == s.visibility_timeout_seconds / 4
+    # a later poll's next check is its claim's hold: within the sweeper's patience
+    assert next_poll(3, 5.0, s, None, Pressure(0, 1, 10_000.0)) == s.stale_after_seconds
 
 
 def test_a_poll_placed_on_less_than_is_known_now_is_put_off_without_a_request() -> None:

@@ -141,6 +141,7 @@ class Learned:
         self._read_at = -REFRESH_SECONDS
         self._current: Durations | None = None
         self._known_since: float | None = None  # (this process's clock)
+        self._refilled_at = -REFRESH_SECONDS
 
     def record(self, duration_ms: int | None) -> None:
         """Add one finished task's duration (shared at once with every worker)."""
@@ -178,7 +179,11 @@ class Learned:
     def _read(self) -> Durations | None:
         try:
             raw = cast(list[bytes], self._redis.lrange(KEY, 0, KEEP - 1))
-            if len(raw) < MIN_SAMPLES:  # (after a Redis restart, a finish may come first)
+            # (after a Redis restart, a finish may come first; PostgreSQL is asked no more
+            # often than a learned copy is refreshed)
+            now = self._clock()
+            if len(raw) < MIN_SAMPLES and now - self._refilled_at >= REFRESH_SECONDS:
+                self._refilled_at = now
                 raw = self._refill() or raw
         except RedisError as exc:
             log.warning("durations.read_failed", error=str(exc))

@@ -182,8 +182,12 @@ def _before_learning(
     behind = pressure.oldest - age
     if behind > settings.poll_interval_seconds:
         # (when this poll comes the oldest may still run: put_off then waits again, without
-        # a request)
-        return min(max(configured, behind), settings.visibility_timeout_seconds / 4)
+        # a request). A later poll's next check is its claim's hold, so its countdown stays
+        # within stale_after_seconds, or the sweeper would send a second chain for it.
+        cap = settings.visibility_timeout_seconds / 4
+        if attempt > 0:
+            cap = min(cap, settings.stale_after_seconds)
+        return min(max(configured, behind), cap)
     if attempt <= 0:
         return configured
     # Among the oldest: the first ends are found by these polls, and the model with them.

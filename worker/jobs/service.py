@@ -433,7 +433,9 @@ def _put_off(runtime: Runtime, job_id: str, seq: int) -> float:
 
     It only reads: the job's next check stays where the last claim put it, so the put-off
     stays well inside the sweeper's patience (``stale_after_seconds`` past that check), and
-    it never passes the job's deadline.
+    it leaves time for an answer before the job's deadline. Before anything is learned a
+    poll may be put off several times (the oldest task ages as fast as this one): each time
+    is a read and a message, and each comes back as soon as the model may be known.
     """
     settings = runtime.settings
     if not settings.poll_adaptive:
@@ -452,7 +454,10 @@ def _put_off(runtime: Runtime, job_id: str, seq: int) -> float:
     if timing is None:  # ended, cancelled, not this poll's turn: the claim says which
         return 0.0
     wait = put_off(timing.age, settings, _durations(runtime), _pressure())
-    room = min(timing.check_in + settings.stale_after_seconds / 2, timing.left)
+    # (a poll claimed past the deadline ends the job without asking: it must come with time
+    # for an answer left)
+    to_deadline = timing.left - settings.read_timeout - settings.poll_interval_seconds
+    room = min(timing.check_in + settings.stale_after_seconds / 2, to_deadline)
     return max(0.0, min(wait, room, settings.visibility_timeout_seconds / 4))
 
 

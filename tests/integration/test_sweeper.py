@@ -65,7 +65,8 @@ def test_queued_job_past_its_deadline_is_expired_by_the_sweeper(live: Stack) -> 
     for job_id in busy:
         live.wait_status(job_id, {"pending", "processing"})
     late = live.send(request(deadline_seconds=1))
-    live.wait_status(late, {"queued"})
+    # queued, or admitted as a slot probe the upstream keeps refusing: it waits either way
+    live.wait_status(late, {"queued", "submitting"})
     live.sql("UPDATE jobs SET deadline_at = now() - interval '1 second' WHERE id = :j", j=late)
     _sweep(live)
     job = live.wait_ended([late])[late]

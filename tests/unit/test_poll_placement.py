@@ -113,6 +113,20 @@ def test_the_first_poll_goes_where_most_tasks_have_ended() -> None:
     assert 8.0 < first < 10.5  # the 60th percentile of a median of 8 s
 
 
+def test_learned_jitter_only_ever_places_a_poll_later() -> None:
+    # Where durations barely vary, a poll a moment before the usual end finds the task
+    # running and the next look is an interval later; one a moment after costs the moment.
+    d = Durations.of([2.0] * 50)
+    s = settings(poll_jitter=0.2)
+    rng = random.Random(RNG_SEED)
+    firsts = [next_poll(0, 0.0, s, d, Pressure(0, 3), rng) for _ in range(500)]
+    assert min(firsts) >= 2.0
+    assert max(firsts) <= 2.0 + 2.0 * 0.2 / 4 + 1e-9  # a quarter of the jitter, at most
+    assert len({round(f, 6) for f in firsts}) > 100  # still spread: no lockstep
+    # (the configured schedule's jitter stays both ways: it is the user's setting)
+    assert min(poll_delay(0, s, rng) for _ in range(500)) < s.poll_initial_seconds
+
+
 def test_later_polls_follow_the_learned_spread() -> None:
     d = lognormal(8, 0.5)
     s = settings()

@@ -128,9 +128,12 @@ def next_poll(
     gap = min(max(gap, settings.poll_interval_seconds), cap)
     # a little jitter, so that jobs submitted together do not poll in the same millisecond
     # (no more: the placement already follows the spread of the durations, and where they
-    # barely vary, a wide jitter would only move polls off the likely end)
+    # barely vary, a wide jitter would only move polls off the likely end). Only later: a
+    # poll a moment late costs that moment, one a moment early finds the task still running
+    # and costs a whole interval (measured: the last task of a backlog of 2 s tasks, polled
+    # 18 ms before its end, was seen 1.0 s late).
     spread = min(gap * settings.poll_jitter / 4, settings.poll_interval_seconds / 2)
-    return gap + (rng or random).uniform(-spread, spread)
+    return gap + (rng or random).uniform(0.0, spread)
 
 
 def put_off(

@@ -285,12 +285,16 @@ def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     """Send a POST already marked as started, and act on its answer."""
     runtime = get_runtime()
     settings = runtime.settings
-    sent_at = time.monotonic()
     try:
         submitted = runtime.upstream.submit(ticket.payload)
         error: UpstreamError | None = None
     except UpstreamError as exc:
         error = exc
+    # The upstream's clock started when it took the POST: between our send and its answer,
+    # and nearer the answer (it answers once the task exists). Counted from the answer, the
+    # first poll comes a network leg late at most; counted from the send, it came early by
+    # the whole round trip, and a poll a moment early costs a whole interval.
+    answered_at = time.monotonic()
     decision = decisions.after_submit(
         error,
         resubmit_unknown=settings.resubmit_unknown,
@@ -301,8 +305,7 @@ def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     if decision.answer is not SubmitAnswer.ACCEPTED:
         _apply_submit_decision(job_id, decision)
         return str(decision.answer)
-    # The upstream's clock started when it got the POST, not when we stored its answer.
-    first_poll = max(0.0, _poll_in(runtime, 0, 0.0) - (time.monotonic() - sent_at))
+    first_poll = max(0.0, _poll_in(runtime, 0, 0.0) - (time.monotonic() - answered_at))
     try:
         recorded = _record_submitted(job_id, submitted.task_id, first_poll)
         _heed(runtime, submitted.rate_limit)  # (after the answer is safe: it may fail)

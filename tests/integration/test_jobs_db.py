@@ -381,6 +381,46 @@ def test_a_waiting_probe_is_sent_when_a_slot_frees_with_nothing_else_queued(db: 
     assert _admit_probing(3) == jobs.Admission([last])
 
 
+def test_a_probe_is_held_for_its_wait(db: Stack) -> None:
+    _running(3)
+    backlog = [_accept(request()).job_id for _ in range(2)]
+    with autocommit() as connection:
+        admission = jobs.admit_holding_probe(
+            connection, 3, probe_cap=6, probe_wait=lambda ages: 40.0 + len(ages)
+        )
+    assert admission.admitted == []
+    assert admission.probe is not None and admission.probe.job_id == backlog[0]
+    assert admission.probe.send_in == 43.0  # the wait the caller chose from the three ages
+    ((held,),) = db.sql(
+        "SELECT extract(epoch FROM next_check_at - now()) FROM jobs WHERE id = :j", j=backlog[0]
+    )
+    assert 40 < float(held) <= 43
+
+
+def test_a_slot_freed_while_a_probe_is_being_held_sends_it_at_once(db: Stack) -> None:
+    running = _running(3)
+    backlog = [_accept(request()).job_id for _ in range(2)]
+    raced: list[jobs.Admission] = []
+
+    def a_slot_frees_meanwhile(ages: list[float]) -> float:
+        # between the admission and the hold, a poll sees a running job end, and the
+        # admission that follows it runs: the probe is admitted but not held yet
+        with session_scope() as session:
+            assert jobs.fail(session, running[0], ErrorCode.UPSTREAM_FAILED, "ended")
+        raced.append(_admit_probing(3))
+        return 60.0
+
+    with autocommit() as connection:
+        admission = jobs.admit_holding_probe(
+            connection, 3, probe_cap=6, probe_wait=a_slot_frees_meanwhile
+        )
+    # that admission could neither send the probe nor let another job in beside it...
+    assert raced == [jobs.Admission([])]
+    # ...so the probe goes now, not when its 60 s are up
+    assert admission == jobs.Admission([backlog[0]])
+    assert db.sql("SELECT status FROM jobs WHERE id = :j", j=backlog[1]) == [("queued",)]
+
+
 def test_an_accepted_probe_leaves_the_books_one_ahead_up_to_the_cap(db: Stack) -> None:
     limit = 2
     _running(limit)

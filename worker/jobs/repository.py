@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -685,6 +685,7 @@ class Probe:
 
     job_id: str
     ages: list[float]  # seconds since each running job was accepted upstream
+    send_in: float = 0.0  # seconds its POST is held (``admit_holding_probe``)
 
 
 @dataclass(frozen=True)
@@ -729,6 +730,38 @@ def admit(connection: Connection, limit: int, *, probe_cap: int = 0) -> Admissio
         else:
             admitted.append(str(job_id))
     return Admission(admitted, probe)
+
+
+def admit_holding_probe(
+    connection: Connection,
+    limit: int,
+    *,
+    probe_cap: int,
+    probe_wait: Callable[[list[float]], float],
+) -> Admission:
+    """:func:`admit`, and the slot probe it admitted (if any) held for ``probe_wait(ages)``
+    seconds (:func:`defer_submit`).
+
+    A slot that frees between the admission and the hold is not missed. Its own admission
+    found the probe admitted but not yet held: counted as holding a slot, so neither sent
+    nor joined by another job. One more admission after the hold sees the held probe and the
+    free slot, and sends the probe at once.
+    """
+    admission = admit(connection, limit, probe_cap=probe_cap)
+    probe = admission.probe
+    if probe is None:
+        return admission
+    wait = probe_wait(probe.ages)
+    if not defer_submit(connection, probe.job_id, wait):
+        return Admission(admission.admitted)  # it moved on meanwhile (cancelled, expired)
+    again = admit(connection, limit, probe_cap=probe_cap)
+    admitted = admission.admitted + again.admitted
+    # (a second probe cannot come: the held one is admitted and unsent; were one to come, it
+    # is sent at once, early at worst)
+    admitted += [again.probe.job_id] if again.probe is not None else []
+    if probe.job_id in again.admitted:
+        return Admission(admitted)
+    return Admission(admitted, replace(probe, send_in=wait))
 
 
 _DEFER: Final = text(
@@ -1360,6 +1393,7 @@ __all__ = [
     "SubmitTicket",
     "accept",
     "admit",
+    "admit_holding_probe",
     "begin_submit",
     "cancel",
     "claim_poll",

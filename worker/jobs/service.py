@@ -166,19 +166,19 @@ def dispatch(*, inline: int = 0, full: bool = False) -> list[str]:
     with autocommit() as connection:
         # (without probes the refused job is admitted again at once, and the pause the
         # refusal set holds its POST back)
-        admitted_up_to = 0 if full and settings.slot_probes else limit
-        admission = jobs.admit(connection, admitted_up_to, probe_cap=probe_cap)
-        probe = admission.probe
-        if probe is not None:
-            delay = probe_delay(probe.ages, settings, _durations(runtime))
-            jobs.defer_submit(connection, probe.job_id, delay)
-    admitted = admission.admitted
+        admission = jobs.admit_holding_probe(
+            connection,
+            0 if full and settings.slot_probes else limit,
+            probe_cap=probe_cap,
+            probe_wait=lambda ages: probe_delay(ages, settings, _durations(runtime)),
+        )
+    admitted, probe = admission.admitted, admission.probe
     presence.hold(admitted + ([probe.job_id] if probe else []))
     for job_id in decisions.split_admitted(admitted, inline)[1]:
         later(names.SUBMIT_TASK, job_id)
     if probe is not None:
-        log.info("job.probe_planned", job_id=probe.job_id, send_in=round(delay, 3))
-        later(names.SUBMIT_TASK, probe.job_id, countdown=delay)
+        log.info("job.probe_planned", job_id=probe.job_id, send_in=round(probe.send_in, 3))
+        later(names.SUBMIT_TASK, probe.job_id, countdown=probe.send_in)
     return admitted
 
 

@@ -239,6 +239,21 @@ def test_a_probe_counts_the_oldest_extra_tasks_as_ended() -> None:
     assert probe_delay([1.0, 1.0, 1.0], s, d) > 1.0
 
 
+def test_before_learning_an_accepted_probe_hurries_the_next_for_tasks_as_old() -> None:
+    s = settings(upstream_rpm=1000, upstream_concurrency=3)
+    floor = WINDOW_MS / 1000 / (1000 * PROBE_SHARE)
+    # three tasks submitted together; a probe was accepted, so one of them (taken as the
+    # oldest, 2.27 s) ended: the other two, about as old, are probed again at once
+    assert probe_delay([0.01, 2.14, 2.26, 2.27], s, None) == pytest.approx(floor)
+    # without an accepted probe the cold pacing holds (a quarter of the oldest's age, capped)
+    assert probe_delay([2.14, 2.26, 2.27], s, None) > 2 * floor
+    # busy tasks much younger than the one that ended: no hurry beyond the cold pacing
+    young = probe_delay([0.5, 0.6, 0.8, 10.0], s, None)
+    assert young == probe_delay([0.5, 0.6, 0.8], s, None)
+    # ...and within it, the next probe comes when the oldest busy one reaches that age
+    assert probe_delay([0.5, 0.6, 3.0, 3.1], s, None) == pytest.approx(max(floor, 0.1))
+
+
 def _concurrency_429() -> UpstreamError:
     response = httpx.Response(
         429,

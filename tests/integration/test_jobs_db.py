@@ -421,6 +421,44 @@ def test_a_slot_freed_while_a_probe_is_being_held_sends_it_at_once(db: Stack) ->
     assert db.sql("SELECT status FROM jobs WHERE id = :j", j=backlog[1]) == [("queued",)]
 
 
+def test_a_probe_sent_by_another_worker_before_the_second_look_has_the_next_held(
+    db: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.jobs import repository
+
+    running = _running(3)
+    backlog = [_accept(request()).job_id for _ in range(2)]
+    hold = repository.defer_submit
+    others: list[jobs.Admission] = []
+
+    def another_worker_sends_it(connection: Connection, job_id: str, seconds: float) -> bool:
+        held = hold(connection, job_id, seconds)
+        if not others:  # right after the first hold: a slot frees, another worker sends it
+            with session_scope() as session:
+                assert jobs.fail(session, running[0], ErrorCode.UPSTREAM_FAILED, "ended")
+            others.append(_admit_probing(3))
+            with session_scope() as session:
+                assert jobs.begin_submit(session, job_id, answer_within=60) is not None
+                assert jobs.record_submitted(session, job_id, "task-sent", first_poll_in=1)
+        return held
+
+    monkeypatch.setattr(repository, "defer_submit", another_worker_sends_it)
+    with autocommit() as connection:
+        admission = jobs.admit_holding_probe(
+            connection, 3, probe_cap=6, probe_wait=lambda ages: 30.0
+        )
+    assert others == [jobs.Admission([backlog[0]])]  # the held probe went with that slot
+    # every slot is taken again, and the second look planned the next probe: held too, not
+    # sent at once into a full upstream
+    assert admission.admitted == []
+    assert admission.probe is not None and admission.probe.job_id == backlog[1]
+    assert admission.probe.send_in == 30.0
+    ((held,),) = db.sql(
+        "SELECT extract(epoch FROM next_check_at - now()) FROM jobs WHERE id = :j", j=backlog[1]
+    )
+    assert 25 < float(held) <= 30
+
+
 def test_an_accepted_probe_leaves_the_books_one_ahead_up_to_the_cap(db: Stack) -> None:
     limit = 2
     _running(limit)

@@ -732,6 +732,10 @@ def admit(connection: Connection, limit: int, *, probe_cap: int = 0) -> Admissio
     return Admission(admitted, probe)
 
 
+#: How many probes one admission holds in turn at most (see ``admit_holding_probe``).
+HOLD_ROUNDS: Final = 3
+
+
 def admit_holding_probe(
     connection: Connection,
     limit: int,
@@ -747,21 +751,28 @@ def admit_holding_probe(
     nor joined by another job. One more admission after the hold sees the held probe and the
     free slot, and sends the probe at once.
     """
+    admitted: list[str] = []
     admission = admit(connection, limit, probe_cap=probe_cap)
-    probe = admission.probe
-    if probe is None:
-        return admission
-    wait = probe_wait(probe.ages)
-    if not defer_submit(connection, probe.job_id, wait):
-        return Admission(admission.admitted)  # it moved on meanwhile (cancelled, expired)
-    again = admit(connection, limit, probe_cap=probe_cap)
-    admitted = admission.admitted + again.admitted
-    # (a second probe cannot come: the held one is admitted and unsent; were one to come, it
-    # is sent at once, early at worst)
-    admitted += [again.probe.job_id] if again.probe is not None else []
-    if probe.job_id in again.admitted:
-        return Admission(admitted)
-    return Admission(admitted, replace(probe, send_in=wait))
+    for _ in range(HOLD_ROUNDS):
+        admitted += admission.admitted
+        probe = admission.probe
+        if probe is None:
+            return Admission(admitted)
+        wait = probe_wait(probe.ages)
+        if not defer_submit(connection, probe.job_id, wait):
+            return Admission(admitted)  # it moved on meanwhile (cancelled, expired)
+        admission = admit(connection, limit, probe_cap=probe_cap)
+        if probe.job_id in admission.admitted or admission.probe is None:
+            held = probe.job_id not in admission.admitted
+            return Admission(
+                admitted + admission.admitted, replace(probe, send_in=wait) if held else None
+            )
+        # Another worker sent the held probe meanwhile (a slot freed), and this admission
+        # planned the next one: it is held in turn.
+    # (only under a storm of freed slots: the last probe goes at once, early at worst)
+    return Admission(
+        admitted + admission.admitted + ([admission.probe.job_id] if admission.probe else [])
+    )
 
 
 _DEFER: Final = text(

@@ -161,7 +161,8 @@ def put_off(
         backlog = pressure is not None and pressure.queued >= max(1, pressure.holding)
         hit = POLL_HIT_BACKLOG if backlog and settings.slot_probes else POLL_HIT
         due = min(durations.quantile(hit), settings.visibility_timeout_seconds / 4)
-        # (next_poll's jitter may place a poll up to half an interval early: no message for that)
+        # (the model may move a little between a poll's placing and its coming: no message
+        # for less than an interval)
         slack = settings.poll_interval_seconds
     wait = due - age
     return wait if wait > slack else 0.0

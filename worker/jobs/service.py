@@ -285,16 +285,12 @@ def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     """Send a POST already marked as started, and act on its answer."""
     runtime = get_runtime()
     settings = runtime.settings
+    sent_at = time.monotonic()
     try:
         submitted = runtime.upstream.submit(ticket.payload)
         error: UpstreamError | None = None
     except UpstreamError as exc:
         error = exc
-    # The upstream's clock started when it took the POST: between our send and its answer,
-    # and nearer the answer (it answers once the task exists). Counted from the answer, the
-    # first poll comes a network leg late at most; counted from the send, it came early by
-    # the whole round trip, and a poll a moment early costs a whole interval.
-    answered_at = time.monotonic()
     decision = decisions.after_submit(
         error,
         resubmit_unknown=settings.resubmit_unknown,
@@ -305,7 +301,9 @@ def _post(job_id: str, ticket: jobs.SubmitTicket) -> str:
     if decision.answer is not SubmitAnswer.ACCEPTED:
         _apply_submit_decision(job_id, decision)
         return str(decision.answer)
-    first_poll = max(0.0, _poll_in(runtime, 0, 0.0) - (time.monotonic() - answered_at))
+    # The upstream's clock started when it took the POST, one network leg after our send;
+    # a poll counted from the send also takes a leg to get there, so it arrives on time.
+    first_poll = max(0.0, _poll_in(runtime, 0, 0.0) - (time.monotonic() - sent_at))
     try:
         recorded = _record_submitted(job_id, submitted.task_id, first_poll)
         _heed(runtime, submitted.rate_limit)  # (after the answer is safe: it may fail)
@@ -446,7 +444,7 @@ def _put_off(runtime: Runtime, job_id: str, seq: int) -> float:
     learned = durations.for_process(runtime.redis)
     # A poll placed before the model was known comes within the longest countdown (a quarter
     # of the visibility timeout) of another process learning it, which is at most a refresh
-    # or two from this one: after that, only jitter places a poll early, and no read is made.
+    # or two from this one: after that, nothing places a poll early, and no read is made.
     placed_unlearned_within = (
         settings.visibility_timeout_seconds / 4 + 2 * durations.REFRESH_SECONDS
     )
